@@ -1,0 +1,36 @@
+# One-command workflows. `make install` builds .venv/ from scratch; everything else uses it.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: help install train test test-all lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the project (editable) with its dev extra
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24" "setuptools>=68" wheel
+	$(PY) -m pip install -e ".[dev]"
+
+train:  ## train with the default config (embedded MNIST-5k, CPU-sized UNet)
+	$(PY) train.py
+
+test:  ## the default test suite (slow tests excluded)
+	$(PY) -m pytest
+
+test-all:  ## every test, slow ones included
+	$(PY) -m pytest -m "slow or not slow"
+
+lint:  ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:  ## ruff autofix + format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun logs wandb .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,65 @@
+"""Turn configuration mistakes into one sentence on stderr and exit code 2, instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from ddpm.errors import ConfigError
+
+R = TypeVar("R")
+
+EXIT_CONFIG_ERROR = 2
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (Hydra's instantiate wraps the real error as __cause__)."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def as_config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError inside `exc`'s chain, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConfigError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def building(what: str, fn: Callable[[], R]) -> R:
+    """Run a build step of the config; a ValueError or TypeError in it is a config mistake, reported as such."""
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:  # includes Hydra's InstantiationException chain
+        cause = root_cause(e)
+        if isinstance(cause, (ValueError, TypeError, KeyError)) or isinstance(e, (ValueError, TypeError)):
+            message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+            raise ConfigError(f"invalid {what} config: {message}") from e
+        raise
+    except Exception as e:
+        cause = root_cause(e)
+        if isinstance(cause, (ValueError, TypeError, ConfigError)):
+            message = str(cause).strip().splitlines()[0]
+            raise ConfigError(f"invalid {what} config: {message}") from e
+        raise
+
+
+def exit_on_config_error(fn: Callable[[], R]) -> R:
+    """Call fn; on a ConfigError anywhere in the exception chain print `error: <sentence>` and exit with code 2."""
+    try:
+        return fn()
+    except Exception as e:
+        err = as_config_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None

@@ -1,0 +1,242 @@
+"""The Gaussian diffusion process of Ho et al. (2020), every quantity of the paper precomputed once in float64.
+
+Notation (index i = 0..T-1 is the paper's t = i + 1):
+    alpha_t = 1 - beta_t,  alphabar_t = prod_{s<=t} alpha_s
+    q(x_t | x_0)          = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I)
+    q(x_{t-1} | x_t, x_0) = N(mutilde_t, betatilde_t I),
+        mutilde_t   = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0 + sqrt(alpha_t) (1 - alphabar_{t-1}) / (1 - alphabar_t) x_t
+        betatilde_t = beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t)
+    p(x_{t-1} | x_t)      = N(mu_theta(x_t, t), sigma_t^2 I), sigma_t^2 = beta_t ("fixed_large") or betatilde_t ("fixed_small")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddpm.progress import progress_bar
+
+Model = Callable[[Tensor, Tensor], Tensor]
+
+OBJECTIVES = ("eps", "x0", "v")
+VAR_TYPES = ("fixed_large", "fixed_small")
+
+
+class GaussianDiffusion:
+    """Forward process, posterior, reverse-process parameterisation, losses and the ancestral sampler.
+
+    Args:
+        betas: float64 [T] variance schedule (see `make_beta_schedule`).
+        objective: what the network predicts: "eps" (the paper's L_simple), "x0", or "v" (Salimans & Ho 2022).
+        var_type: reverse-process variance sigma_t^2: "fixed_large" (beta_t) or "fixed_small" (betatilde_t).
+        clip_denoised: clip the predicted x_0 to [-1, 1] before forming the posterior mean when sampling.
+    """
+
+    def __init__(
+        self,
+        betas: Tensor,
+        objective: str = "eps",
+        var_type: str = "fixed_large",
+        clip_denoised: bool = True,
+    ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if var_type not in VAR_TYPES:
+            raise ValueError(f"unknown var_type {var_type!r}: choose one of {', '.join(VAR_TYPES)}")
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
+        self.objective = objective
+        self.var_type = var_type
+        self.clip_denoised = clip_denoised
+        self.num_timesteps = int(betas.shape[0])
+
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([betas.new_ones(1), self.alphas_cumprod[:-1]])
+
+        # q(x_t | x_0)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # betatilde_1 = 0; its log is clipped to betatilde_2 as in Ho et al.'s code.
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+        )
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        )
+
+        # p(x_{t-1} | x_t) variance; at t = 1 no noise is added, the value there only matters for the bound.
+        if var_type == "fixed_large":
+            self.model_variance = torch.cat([self.posterior_variance[1:2], betas[1:]])
+        else:
+            self.model_variance = self.posterior_variance.clone()
+        self.model_log_variance = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.model_variance[1:]])
+            if var_type == "fixed_small"
+            else self.model_variance
+        )
+
+        self._device_cache: dict[tuple[str, torch.device], Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _extract(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+        """Gather schedule quantity `name` at timesteps t [B] and shape it to broadcast against x [B, ...]."""
+        key = (name, t.device)
+        arr = self._device_cache.get(key)
+        if arr is None:
+            arr = getattr(self, name).to(device=t.device, dtype=torch.float32)
+            self._device_cache[key] = arr
+        return arr[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+    # ------------------------------------------------------------------ forward process
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean sqrt(alphabar_t) x_0 and variance (1 - alphabar_t) of q(x_t | x_0)."""
+        mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
+        var = self._extract("alphas_cumprod", t, x0)
+        return mean, 1.0 - var
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, a sample of q(x_t | x_0)."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x0) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        )
+
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean mutilde_t(x_t, x_0), variance betatilde_t and clipped log variance of q(x_{t-1} | x_t, x_0)."""
+        mean = (
+            self._extract("posterior_mean_coef1", t, x_t) * x0
+            + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        )
+        var = self._extract("posterior_variance", t, x_t)
+        log_var = self._extract("posterior_log_variance_clipped", t, x_t)
+        return mean, var, log_var
+
+    # ------------------------------------------------------------------ parameterisations
+    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x_0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)."""
+        return (
+            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        )
+
+    def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """eps = (x_t / sqrt(alphabar_t) - x_0) / sqrt(1 / alphabar_t - 1)."""
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract(
+            "sqrt_recipm1_alphas_cumprod", t, x_t
+        )
+
+    def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v."""
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+        )
+
+    def get_v(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022)."""
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x0) * noise
+            - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        )
+
+    def training_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """What the network is trained to output for the configured objective."""
+        if self.objective == "eps":
+            return noise
+        if self.objective == "x0":
+            return x0
+        return self.get_v(x0, t, noise)
+
+    def predict_x0_and_eps(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) implied by the network output, with x_0 clipped to [-1, 1] if `clip_denoised`.
+
+        When x_0 is clipped, eps is recomputed from the clipped x_0 so that both stay consistent with x_t.
+        """
+        model_output = model_output.float()
+        if self.objective == "eps":
+            eps = model_output
+            x0 = self.predict_x0_from_eps(x_t, t, eps)
+        elif self.objective == "x0":
+            x0 = model_output
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        else:
+            x0 = self.predict_x0_from_v(x_t, t, model_output)
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        if self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        return x0, eps
+
+    # ------------------------------------------------------------------ reverse process
+    def p_mean_variance(self, model: Model, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """Mean, variance and log variance of p_theta(x_{t-1} | x_t), plus the predicted x_0 and eps.
+
+        mu_theta(x_t, t) = mutilde_t(x_t, x0_theta), which for the eps objective without clipping equals
+        (x_t - beta_t / sqrt(1 - alphabar_t) eps_theta(x_t, t)) / sqrt(alpha_t).
+        """
+        x0, eps = self.predict_x0_and_eps(x_t, t, model(x_t, t))
+        mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
+        return {
+            "mean": mean,
+            "variance": self._extract("model_variance", t, x_t),
+            "log_variance": self._extract("model_log_variance", t, x_t),
+            "pred_x0": x0,
+            "eps": eps,
+        }
+
+    def p_sample(
+        self, model: Model, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """One ancestral step x_{t-1} = mu_theta + sigma_t z, z ~ N(0, I); no noise where t is the paper's t = 1."""
+        out = self.p_mean_variance(model, x_t, t)
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+        return out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.)."""
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        for i in progress_bar(
+            range(self.num_timesteps - 1, -1, -1), enabled=progress, description="DDPM sampling"
+        ):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            x = self.p_sample(model, x, t, generator=generator)
+        return x
+
+    # ------------------------------------------------------------------ training
+    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Per-example mean squared error between the network output at x_t and the objective's target.
+
+        For the eps objective this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 + sqrt(1-alphabar_t) eps, t) ||^2.
+        """
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        model_output = model(x_t, t)
+        target = self.training_target(x0, t, noise)
+        return F.mse_loss(model_output.float(), target, reduction="none").flatten(1).mean(1)

@@ -1,0 +1,148 @@
+"""Reverse-process samplers sharing one loop: ancestral DDPM and DDIM, over all T steps or a respaced subset.
+
+A sampler with S steps visits timesteps tau_S > ... > tau_1 (a subset of 0..T-1) and calls the network exactly S times.
+
+- DDPM on a subset (Nichol & Dhariwal 2021, sec. 4): the respaced chain has betas
+  beta'_i = 1 - alphabar_{tau_i} / alphabar_{tau_{i-1}}, and steps ancestrally with sigma^2 = beta' or betatilde'.
+- DDIM (Song et al. 2021, eq. 12): x_{prev} = sqrt(alphabar_prev) x0 + sqrt(1 - alphabar_prev - sigma^2) eps + sigma z,
+  sigma = eta sqrt((1 - alphabar_prev) / (1 - alphabar_t)) sqrt(1 - alphabar_t / alphabar_prev).
+  eta = 1 over all T steps has the per-step variance betatilde_t of DDPM's fixed_small sampler; eta = 0 is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ddpm.diffusion.process import GaussianDiffusion, Model
+from ddpm.progress import progress_bar
+
+SPACINGS = ("uniform", "quadratic")
+
+
+def space_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[int]:
+    """`steps` distinct 0-based timesteps in [0, T-1], ascending, always including 0 and (for uniform) T-1.
+
+    uniform: evenly spaced over [0, T-1]; quadratic: t_i ~ (i / S)^2 (T - 1), denser near t = 0 (DDIM paper, CIFAR-10).
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampler steps must be between 1 and T={num_timesteps}, got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+    if steps == num_timesteps:
+        return list(range(num_timesteps))
+    if spacing == "uniform":
+        grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64)
+    else:
+        grid = torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps, dtype=torch.float64) ** 2
+    ts = sorted({int(round(float(v))) for v in grid})
+    # rounding can merge neighbours near t = 0; fill with the smallest unused timesteps to keep exactly `steps`
+    candidate = 0
+    while len(ts) < steps:
+        if candidate not in ts:
+            ts.append(candidate)
+        candidate += 1
+    return sorted(ts)
+
+
+class Sampler:
+    """Draws x_0 ~ p_theta by running the reverse chain over `timesteps` (all T by default)."""
+
+    name = "sampler"
+
+    def __init__(
+        self, diffusion: GaussianDiffusion, steps: int | None = None, spacing: str = "uniform"
+    ) -> None:
+        self.diffusion = diffusion
+        self.steps = steps or diffusion.num_timesteps
+        self.timesteps = space_timesteps(diffusion.num_timesteps, self.steps, spacing)
+        ac = diffusion.alphas_cumprod[self.timesteps]
+        self.alphas_cumprod = ac
+        self.alphas_cumprod_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+
+    @property
+    def label(self) -> str:
+        """Short name for metric keys, e.g. ddim50 or ddpm1000."""
+        return f"{self.name}{self.steps}"
+
+    def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """x_T ~ N(0, I) (or `noise`) -> x_0, one network call per timestep. Returns images in [-1, 1] (roughly)."""
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        for i in progress_bar(
+            range(len(self.timesteps) - 1, -1, -1), enabled=progress, description=f"sampling ({self.label})"
+        ):
+            t = torch.full((x.shape[0],), self.timesteps[i], device=x.device, dtype=torch.long)
+            x = self.step(model, x, i, t, generator)
+        return x
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Algorithm 2 of Ho et al.) on the respaced chain; identical to p_sample_loop when S = T."""
+
+    name = "ddpm"
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        steps: int | None = None,
+        spacing: str = "uniform",
+        var_type: str | None = None,
+    ) -> None:
+        super().__init__(diffusion, steps, spacing)
+        betas = 1.0 - self.alphas_cumprod / self.alphas_cumprod_prev
+        self.chain = GaussianDiffusion(
+            betas,
+            objective=diffusion.objective,
+            var_type=var_type or diffusion.var_type,
+            clip_denoised=diffusion.clip_denoised,
+        )
+
+    def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        index = torch.full_like(t, i)
+        return self.chain.p_sample(lambda x_t, _: model(x_t, t), x, index, generator=generator)
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021) with stochasticity eta over S respaced steps."""
+
+    name = "ddim"
+
+    def __init__(
+        self, diffusion: GaussianDiffusion, steps: int | None = 50, spacing: str = "uniform", eta: float = 0.0
+    ) -> None:
+        super().__init__(diffusion, steps, spacing)
+        if eta < 0:
+            raise ValueError(f"DDIM eta must be >= 0, got {eta}")
+        self.eta = eta
+        ac, ac_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        self.sigmas = eta * ((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev)).sqrt()
+        self.dir_coefs = (1 - ac_prev - self.sigmas**2).clamp(min=0).sqrt()
+
+    def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        x0, eps = self.diffusion.predict_x0_and_eps(x, t, model(x, t))
+        out = float(self.alphas_cumprod_prev[i].sqrt()) * x0 + float(self.dir_coefs[i]) * eps
+        sigma = float(self.sigmas[i])
+        if sigma > 0:
+            out = out + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return out
+
+
+def make_sampler(diffusion: GaussianDiffusion, name: str = "ddim", **kwargs) -> Sampler:
+    """Build a sampler by name ("ddpm" or "ddim") with its keyword arguments."""
+    samplers = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+    if name not in samplers:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(samplers)}")
+    return samplers[name](diffusion, **kwargs)

@@ -1,0 +1,99 @@
+"""Building blocks of the DDPM UNet: time embedding, residual block, self-attention, resampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of integer timesteps t [B] -> [B, dim] (Transformer positional encoding, as in DDPM).
+
+    emb[:, i] = sin(t * max_period^(-i / (half - 1))) for i < half, and cos(...) for the second half.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1)
+    )
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters, so a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=min(num_groups, channels), num_channels=channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """h = conv(SiLU(GN(x))); h += Linear(SiLU(temb)); h = conv(dropout(SiLU(GN(h)))); return skip(x) + h."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, num_groups: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_ch, num_groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, out_ch)
+        self.norm2 = group_norm(out_ch, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over the spatial positions, residual: x + proj(softmax(q k^T / sqrt(d)) v)."""
+
+    def __init__(self, channels: int, num_heads: int, num_groups: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, num_groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, d]
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling then a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

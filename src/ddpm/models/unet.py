@@ -1,0 +1,167 @@
+"""The noise-conditional UNet of Ho et al. (2020), a PixelCNN++-style backbone eps_theta(x_t, t)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpm.models.layers import (
+    AttnBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+    zero_module,
+)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): a UNet whose residual blocks all receive an MLP of the sinusoidal embedding of t.
+
+    Args:
+        image_size: input height = width; must be divisible by 2^(len(channel_mult) - 1).
+        in_channels / out_channels: image channels (out defaults to in).
+        base_channels: channels at full resolution; level i has base_channels * channel_mult[i].
+        channel_mult: one multiplier per resolution level.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up, as in DDPM).
+        attn_resolutions: resolutions (e.g. 16 for 16x16) with self-attention after each residual block.
+        dropout: dropout inside residual blocks.
+        num_heads: attention heads (DDPM uses 1).
+        num_groups: GroupNorm groups (32 in DDPM; capped at the channel count).
+        channels_last: keep activations in channels_last memory format (faster 3x3 convolutions on CPU and GPU).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        num_heads: int = 1,
+        num_groups: int = 32,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        channel_mult = tuple(channel_mult)
+        attn_resolutions = tuple(attn_resolutions)
+        check_unet_config(
+            image_size, base_channels, channel_mult, num_res_blocks, attn_resolutions, num_groups
+        )
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.base_channels = base_channels
+        self.channels_last = channels_last
+        temb_dim = 4 * base_channels
+
+        self.temb = nn.Sequential(
+            nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
+        )
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        # Down path: remember the channels of every activation that is skipped across to the up path.
+        self.down = nn.ModuleList()
+        skip_channels = [base_channels]
+        ch, res = base_channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                block = nn.ModuleList([ResBlock(ch, base_channels * mult, temb_dim, dropout, num_groups)])
+                ch = base_channels * mult
+                if res in attn_resolutions:
+                    block.append(AttnBlock(ch, num_heads, num_groups))
+                self.down.append(block)
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skip_channels.append(ch)
+                res //= 2
+
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, temb_dim, dropout, num_groups),
+                AttnBlock(ch, num_heads, num_groups),
+                ResBlock(ch, ch, temb_dim, dropout, num_groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                block = nn.ModuleList(
+                    [ResBlock(ch + skip_channels.pop(), base_channels * mult, temb_dim, dropout, num_groups)]
+                )
+                ch = base_channels * mult
+                if res in attn_resolutions:
+                    block.append(AttnBlock(ch, num_heads, num_groups))
+                if level != 0 and i == num_res_blocks:
+                    block.append(Upsample(ch))
+                    res *= 2
+                self.up.append(block)
+
+        self.norm_out = group_norm(ch, num_groups)
+        self.conv_out = zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x: [B, C, H, W] noisy images x_t; t: int64 [B] 0-based timesteps. Returns [B, out_channels, H, W]."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        temb = self.temb(timestep_embedding(t, self.base_channels))
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down:
+            h = _run(block, h, temb)
+            skips.append(h)
+        h = _run(self.mid, h, temb)
+        for block in self.up:
+            h = _run(block, torch.cat([h, skips.pop()], dim=1), temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _run(layers: nn.ModuleList, h: Tensor, temb: Tensor) -> Tensor:
+    for layer in layers:
+        h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+    return h
+
+
+def check_unet_config(
+    image_size: int,
+    base_channels: int,
+    channel_mult: tuple[int, ...],
+    num_res_blocks: int,
+    attn_resolutions: tuple[int, ...],
+    num_groups: int,
+) -> None:
+    """Raise ValueError with one sentence saying what to change if the UNet cannot be built for this input."""
+    levels = len(channel_mult)
+    if levels < 1 or num_res_blocks < 1 or base_channels < 1:
+        raise ValueError(
+            "the UNet needs at least one level, one residual block per level and one base channel"
+        )
+    factor = 2 ** (levels - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"image_size {image_size} cannot be halved {levels - 1} times by a UNet with {levels} levels "
+            f"(channel_mult={list(channel_mult)}): use an image size divisible by {factor} or fewer levels"
+        )
+    resolutions = [image_size // 2**i for i in range(levels)]
+    unreachable = [r for r in attn_resolutions if r not in resolutions]
+    if unreachable:
+        raise ValueError(
+            f"attn_resolutions {unreachable} are not resolutions of this UNet (it has {resolutions}): "
+            "pick attention resolutions from that list"
+        )
+    for ch in {base_channels * m for m in channel_mult}:
+        if ch % min(num_groups, ch):
+            raise ValueError(
+                f"{ch} channels are not divisible into {num_groups} GroupNorm groups: change num_groups"
+            )

@@ -1,0 +1,7 @@
+"""Lightning glue: the DiffusionModule (training_step, EMA) and callbacks."""
+
+from ddpm.training.callbacks import SampleGrid, to_unit_interval
+from ddpm.training.ema import EMA, ema_decay_at
+from ddpm.training.module import DiffusionModule, NonFiniteLossError
+
+__all__ = ["EMA", "DiffusionModule", "NonFiniteLossError", "SampleGrid", "ema_decay_at", "to_unit_interval"]

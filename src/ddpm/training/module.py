@@ -1,0 +1,136 @@
+"""The LightningModule: forward noising and the loss in training_step, EMA weights for evaluation and sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ddpm.diffusion import GaussianDiffusion, Sampler
+from ddpm.training.ema import EMA, ema_decay_at
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops instead of updating the weights with it."""
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains eps_theta (or an x0 / v predictor) with the simple loss of Ho et al.
+
+    Args:
+        net: the network, called as net(x_t, t).
+        diffusion: the GaussianDiffusion (schedule, objective, reverse variance).
+        lr, weight_decay, adam_betas, eps: AdamW settings (weight_decay=0 is Adam).
+        warmup_steps: linear learning-rate warm-up from 0 to lr over this many optimizer steps, then constant.
+        ema_decay, ema_warmup: see `EMA`.
+        config: the resolved run configuration, stored in every checkpoint and logged as hyperparameters.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 5000,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "diffusion"])
+        self.net = net
+        self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
+        self.diffusion = diffusion
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(x_t, t)
+
+    def _images(self, batch: Any) -> Tensor:
+        return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = ||target - net(x_t, t)||^2."""
+        x0 = self._images(batch)
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        loss = self.diffusion.training_losses(self.net, x0, t, noise).mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.global_step}: lower optim.lr, keep "
+                "trainer.gradient_clip_val on, or use fp32 precision"
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.net, self.global_step)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            self.net.parameters(),
+            lr=hp.lr,
+            betas=tuple(hp.adam_betas),
+            eps=hp.eps,
+            weight_decay=hp.weight_decay,
+        )
+        warmup = max(0, int(hp.warmup_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation: held-out loss with EMA weights
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """L_simple of the EMA network on held-out images, with t and eps fixed per batch so curves are comparable."""
+        x0 = self._images(batch)
+        g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
+        noise = torch.randn(x0.shape, device=x0.device, generator=g)
+        loss = self.diffusion.training_losses(self.ema.module, x0, t, noise).mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        sampler: Sampler,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """n images in [-1, 1] from the EMA (or raw) network with `sampler`."""
+        net = self.ema.module if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        shape = (n, net.in_channels, net.image_size, net.image_size)
+        try:
+            return sampler.sample(net, shape, generator=generator, device=self.device, progress=progress)
+        finally:
+            net.train(was_training)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ddpm_format"] = 1
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """The learning rate the scheduler gives at optimizer step `step` (for docs and tests)."""
+    return lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
+__all__ = ["DiffusionModule", "NonFiniteLossError", "lr_at"]

@@ -1,0 +1,110 @@
+"""The real `python train.py` through Hydra, W&B offline; the run's files are read back."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.wandb_files import find_offline_runs
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def test_default_train_writes_checkpoint_grids_and_wandb_run(run_train, tmp_path):
+    _ok(run_train())
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 4
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"]) and ckpt["optimizer_states"]
+    assert ckpt["hyper_parameters"]["config"]["schedule"]["name"] == "linear"
+
+    grids = sorted((run / "samples").glob("step_*.png"))
+    assert [g.name for g in grids] == ["step_0000002.png", "step_0000004.png"]
+    with Image.open(grids[-1]) as img:
+        assert img.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)  # 2x2 grid of 28px images, 2px padding
+
+    (wb,) = find_offline_runs(run / "wandb")
+    assert {"train/loss", "val/loss", "lr-AdamW", "train/ema_decay", "trainer/global_step"} <= wb.history_keys
+    assert len(wb.values("val/samples/_type")) == 2
+    assert all(loss > 0 for loss in wb.values("train/loss"))
+    assert len(wb.media) == 2
+    assert wb.config["config"]["model"]["base_channels"] == 8 and wb.config["model/params"] > 0
+    assert wb.tags == ["dev"]
+
+
+def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
+    _ok(run_train("schedule=cosine", "logger=csv"))
+    with open(next((tmp_path / "run").rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses and all(x > 0 for x in losses)
+    cfg = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]
+    assert cfg["config"]["schedule"]["name"] == "cosine"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["schedule.name=cosin"],
+            "error: invalid schedule config: unknown beta schedule 'cosin': choose one of",
+        ),
+        (["data.image_size=30", "model.channel_mult=[1,2,2]"], "image_size 30 cannot be halved 2 times"),
+        (["data=image_folder", "data.root=/no/such/folder"], "data folder /no/such/folder does not exist"),
+        (["data=image_folder"], "these config values must be set: data.root"),
+        (["data=mnist"], "MNIST was not found under"),
+        (["optim.lr=0"], "optim.lr must be positive"),
+        (["model.num_heads=3"], "not divisible by num_heads=3"),
+    ],
+)
+def test_bad_config_ends_before_training_with_one_sentence(run_train, tmp_path, overrides, message):
+    proc = run_train(*overrides)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    run = tmp_path / "run"
+    assert (
+        not (run / "checkpoints").exists() and not (run / "wandb").exists() and not (run / "samples").exists()
+    )
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("schedule=cosin", "Could not find 'schedule/cosin'"),
+        ("model=unet_huge", "Could not find 'model/unet_huge'"),
+    ],
+)
+def test_unknown_config_option_is_reported_by_hydra(run_train, override, message):
+    proc = run_train(override)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ddpm_cifar10_experiment_pins_the_paper_recipe(run_train):
+    proc = run_train("experiment=ddpm_cifar10", "--cfg", "job", "--resolve", tiny=False)
+    _ok(proc)
+    import yaml
+
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["model"]["base_channels"] == 128 and cfg["model"]["channel_mult"] == [1, 2, 2, 2]
+    assert cfg["model"]["attn_resolutions"] == [16] and cfg["model"]["dropout"] == 0.1
+    assert cfg["schedule"] == {"name": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    assert (
+        cfg["data"]["batch_size"] == 128
+        and cfg["data"]["hflip"] is True
+        and cfg["data"]["source"] == "cifar10"
+    )
+    assert cfg["optim"]["lr"] == 2e-4 and cfg["optim"]["warmup_steps"] == 5000
+    assert cfg["ema"]["decay"] == 0.9999 and cfg["trainer"]["max_steps"] == 800000
+    assert cfg["trainer"]["gradient_clip_val"] == 1.0
+
+
+def test_ddpm_cifar10_experiment_without_data_says_where_to_put_it(run_train):
+    proc = run_train("experiment=ddpm_cifar10", tiny=False)
+    assert proc.returncode == 2 and "CIFAR10 was not found under" in proc.stderr

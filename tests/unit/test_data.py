@@ -1,0 +1,85 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.data import ImageDataModule, build_datasets, load_mnist5k
+from ddpm.errors import ConfigError
+
+
+def test_embedded_mnist5k_is_read_from_the_installed_package():
+    images, labels = load_mnist5k()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 500))
+
+
+def test_default_datamodule_splits_and_normalises():
+    dm = ImageDataModule()
+    dm.setup("fit")
+    assert len(dm.train_set) == 4500 and len(dm.val_set) == 500
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (64, 1, 28, 28)
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.min() == -1 and batch.max() == 1
+    # the split is fixed by split_seed: train and held-out never share an image
+    train = dm.train_set.images.flatten(1)
+    held = dm.val_set.images.flatten(1)
+    assert not (train[:, None, :] == held[None, :, :]).all(-1).any()
+    dm2 = ImageDataModule()
+    dm2.setup()
+    assert torch.equal(dm2.val_set.images, dm.val_set.images)
+
+
+def test_resize_to_another_image_size():
+    train, held = build_datasets("mnist5k", "unused", 32, 1, False, False, 0.1, 0)
+    assert train[0].shape == (1, 32, 32)
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        sub = tmp_path / ("cats" if i % 2 else "flat")
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+    dm = ImageDataModule(
+        source="image_folder", root=str(tmp_path), image_size=16, channels=3, val_fraction=0.2
+    )
+    dm.check()
+    dm.setup()
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 2
+    x = dm.train_set[0]
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+
+
+def test_missing_image_folder_is_one_sentence(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist: set data.root to a folder of images"):
+        ImageDataModule(source="image_folder", root=str(tmp_path / "nope"), channels=3).check()
+
+
+def test_torchvision_mnist_missing_files_say_where_to_put_them(tmp_path):
+    dm = ImageDataModule(source="mnist", root=str(tmp_path))
+    with pytest.raises(
+        ConfigError, match="MNIST was not found under .*: put torchvision's MNIST files there"
+    ):
+        dm.setup()
+
+
+def test_torchvision_mnist_from_local_raw_files(tmp_path, mnist_raw):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in mnist_raw.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    # download=True only extracts the archives already present (their checksums match): nothing is fetched
+    dm = ImageDataModule(source="mnist", root=str(tmp_path), download=True)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 60000 and len(dm.val_set) == 10000
+    assert dm.val_set[0].shape == (1, 28, 28)
+
+
+def test_wrong_channel_count_and_unknown_source():
+    with pytest.raises(ConfigError, match="grayscale: set data.channels=1"):
+        ImageDataModule(channels=3).check()
+    with pytest.raises(ConfigError, match="unknown data source 'celeba'"):
+        ImageDataModule(source="celeba").check()

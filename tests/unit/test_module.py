@@ -1,0 +1,110 @@
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ddpm.data import UInt8Images
+from ddpm.diffusion import DDIMSampler, GaussianDiffusion, make_beta_schedule
+from ddpm.models import UNet
+from ddpm.training import DiffusionModule, NonFiniteLossError
+
+
+def tiny_module(**kwargs) -> DiffusionModule:
+    net = UNet(
+        image_size=8,
+        in_channels=1,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        num_groups=4,
+        dropout=0.0,
+    )
+    return DiffusionModule(net, GaussianDiffusion(make_beta_schedule("linear", 100)), **kwargs)
+
+
+def loader(n=32):
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)
+    return DataLoader(UInt8Images(images), batch_size=8, drop_last=True)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def test_training_updates_net_and_ema_and_warms_up_lr(tmp_path):
+    module = tiny_module(lr=1e-2, warmup_steps=4, ema_decay=0.9, ema_warmup=False)
+    start = [p.clone() for p in module.net.parameters()]
+    lrs = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer(max_steps=6, callbacks=[RecordLR()]).fit(module, loader())
+    assert lrs[:5] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2])
+    changed = [not torch.equal(a, b) for a, b in zip(start, module.net.parameters(), strict=True)]
+    assert any(changed)
+    ema_changed = [not torch.equal(a, b) for a, b in zip(start, module.ema.module.parameters(), strict=True)]
+    assert any(ema_changed)
+    # the average lags behind: it differs from the current weights
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(module.net.parameters(), module.ema.module.parameters(), strict=True)
+    )
+
+
+def test_non_finite_loss_stops_with_the_step_number():
+    module = tiny_module()
+    module.net.forward = lambda x, t: torch.full_like(x, float("nan"))
+    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 0: lower optim.lr"):
+        trainer(max_steps=2).fit(module, loader())
+
+
+def test_checkpoint_round_trip_keeps_ema(tmp_path):
+    module = tiny_module(ema_decay=0.5)
+    t = trainer(max_steps=3)
+    t.fit(module, loader())
+    path = tmp_path / "m.ckpt"
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"] and ckpt["global_step"] == 3
+    fresh = tiny_module()
+    fresh.load_state_dict(ckpt["state_dict"])
+    for a, b in zip(fresh.ema.module.parameters(), module.ema.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sample_uses_ema_weights_in_eval_mode():
+    module = tiny_module()
+    with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.normal_(std=0.1)
+    module.ema.module.train()
+    sampler = DDIMSampler(module.diffusion, steps=3)
+    a = module.sample(sampler, 2, generator=torch.Generator().manual_seed(0))
+    b = module.sample(sampler, 2, generator=torch.Generator().manual_seed(0), use_ema=False)
+    assert a.shape == (2, 1, 8, 8) and not torch.allclose(a, b)
+    assert module.ema.module.training  # mode restored
+
+
+def test_validation_loss_is_reproducible():
+    module = tiny_module()
+    batch = next(iter(loader()))
+    assert torch.equal(module.validation_step(batch, 0), module.validation_step(batch, 0))
+
+
+def test_plain_module_forward():
+    module = tiny_module()
+    x = torch.randn(2, 1, 8, 8)
+    assert module(x, torch.tensor([0, 5])).shape == x.shape
+    assert isinstance(module.net, nn.Module) and module.num_parameters > 0

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from ddpm.models import UNet
+from ddpm.models.layers import timestep_embedding
+
+SMALL = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_groups=8, dropout=0.0)
+
+
+@pytest.mark.parametrize("channels,size,attn", [(1, 28, (14,)), (3, 32, (16,)), (3, 16, ())])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_shape_equals_input_shape(channels, size, attn, channels_last):
+    net = UNet(
+        image_size=size, in_channels=channels, attn_resolutions=attn, channels_last=channels_last, **SMALL
+    )
+    x = torch.randn(3, channels, size, size)
+    out = net(x, torch.tensor([0, 10, 999]))
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_ddpm_cifar10_net_has_35_7M_parameters():
+    net = UNet(
+        image_size=32,
+        in_channels=3,
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+    )
+    n = sum(p.numel() for p in net.parameters())
+    assert round(n / 1e6, 1) == 35.7
+    assert n == 35_746_307  # the count of Ho et al.'s TF model
+
+
+def test_output_depends_on_t_and_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = UNet(image_size=8, in_channels=1, attn_resolutions=(4,), **SMALL)
+    for p in net.parameters():  # undo zero-init so every path carries signal
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 1, 8, 8)
+    a, b = net(x, torch.tensor([1, 1])), net(x, torch.tensor([500, 500]))
+    assert (a - b).abs().max() > 1e-4
+    net(x, torch.tensor([3, 700])).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_timestep_embedding_is_sinusoidal():
+    t = torch.tensor([0, 1, 250])
+    emb = timestep_embedding(t, 8)
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 3)
+    assert torch.allclose(emb[:, :4], torch.sin(t[:, None] * freqs), atol=1e-5)
+    assert torch.allclose(emb[:, 4:], torch.cos(t[:, None] * freqs), atol=1e-5)
+
+
+def test_image_size_the_unet_cannot_downsample():
+    with pytest.raises(ValueError, match="image_size 30 cannot be halved 3 times .* divisible by 8"):
+        UNet(image_size=30, in_channels=1, channel_mult=(1, 2, 2, 2), attn_resolutions=())
+
+
+def test_unreachable_attention_resolution():
+    with pytest.raises(ValueError, match=r"attn_resolutions \[16\] are not resolutions of this UNet"):
+        UNet(image_size=28, in_channels=1, attn_resolutions=(16,), **SMALL)
+
+
+def test_groupnorm_channels_must_divide():
+    with pytest.raises(ValueError, match="GroupNorm groups"):
+        UNet(
+            image_size=8,
+            in_channels=1,
+            base_channels=12,
+            channel_mult=(1,),
+            num_groups=8,
+            attn_resolutions=(),
+        )
