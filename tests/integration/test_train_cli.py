@@ -108,3 +108,12 @@ def test_ddpm_cifar10_experiment_pins_the_paper_recipe(run_train):
 def test_ddpm_cifar10_experiment_without_data_says_where_to_put_it(run_train):
     proc = run_train("experiment=ddpm_cifar10", tiny=False)
     assert proc.returncode == 2 and "CIFAR10 was not found under" in proc.stderr
+
+
+def test_same_seed_reproduces_the_same_weights(run_train, tmp_path):
+    overrides = ["trainer.max_steps=2", "logger=none", "~callbacks.sample_grid"]
+    _ok(run_train(*overrides, run_dir="a"))
+    _ok(run_train(*overrides, run_dir="b"))
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.cli import resolvers  # noqa: F401  (registers ${floordiv:...})
@@ -67,9 +68,9 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
-    module = build_module(cfg)
-    if cfg.get("seed") is not None:
+    if cfg.get("seed") is not None:  # before building the network: the seed fixes the initial weights
         L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
 
     callbacks = [
         building(f"callbacks.{name}", lambda c=c: hydra.utils.instantiate(c))
@@ -81,6 +82,9 @@ def train(cfg: DictConfig) -> float | None:
         for name, c in (cfg.get("logger") or {}).items()
         if c
     ]
+    # LearningRateMonitor refuses a Trainer without a logger; with none there is nothing for it to log to
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = building(
         "trainer", lambda: hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     )

@@ -1,7 +1,15 @@
 """Lightning glue: the DiffusionModule (training_step, EMA) and callbacks."""
 
-from ddpm.training.callbacks import SampleGrid, to_unit_interval
+from ddpm.training.callbacks import SampleGrid, StepProgressBar, to_unit_interval
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.module import DiffusionModule, NonFiniteLossError
 
-__all__ = ["EMA", "DiffusionModule", "NonFiniteLossError", "SampleGrid", "ema_decay_at", "to_unit_interval"]
+__all__ = [
+    "EMA",
+    "DiffusionModule",
+    "NonFiniteLossError",
+    "SampleGrid",
+    "StepProgressBar",
+    "ema_decay_at",
+    "to_unit_interval",
+]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -82,3 +83,12 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.make_grid(trainer, pl_module)
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar whose description counts optimizer steps against max_steps (runs here are step-based)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_steps = self.trainer.max_steps
+        total = f"/{max_steps}" if max_steps and max_steps > 0 else ""
+        return f"Epoch {current_epoch} · step {self.trainer.global_step}{total}"
