@@ -1,0 +1,90 @@
+"""The real `python sample.py` on a checkpoint from a real (tiny) `python train.py` run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.integration.conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    from tests.integration.conftest import TINY
+
+    proc = run_script(
+        "train.py", *TINY, "logger=none", "~callbacks.sample_grid", f"hydra.run.dir={root / 'run'}", cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 5)])
+def test_sample_writes_grid_and_npz(checkpoint, tmp_path, sampler, steps):
+    proc = run_script(
+        "sample.py",
+        f"ckpt_path={checkpoint}",
+        f"sampler={sampler}",
+        f"sampler.steps={steps}",
+        "n=6",
+        "batch_size=4",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images = np.load(tmp_path / "out" / "samples.npz")["images"]
+    assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
+    with Image.open(tmp_path / "out" / "samples.png") as grid:
+        assert grid.size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
+
+
+def test_sampling_is_reproducible_from_the_seed(checkpoint, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        proc = run_script(
+            "sample.py",
+            f"ckpt_path={checkpoint}",
+            "sampler.steps=3",
+            "n=2",
+            f"hydra.run.dir={tmp_path / name}",
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs.append(np.load(tmp_path / name / "samples.npz")["images"])
+    assert np.array_equal(outs[0], outs[1])
+
+
+def _bad(tmp_path, ckpt) -> str:
+    proc = run_script(
+        "sample.py", f"ckpt_path={ckpt}", "n=2", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_missing_checkpoint(tmp_path):
+    assert "does not exist: set ckpt_path to a .ckpt file written by train.py" in _bad(
+        tmp_path, tmp_path / "x.ckpt"
+    )
+
+
+def test_corrupt_checkpoint(checkpoint, tmp_path):
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(checkpoint.read_bytes()[:5000])
+    assert "could not be read" in _bad(tmp_path, bad) and "corrupt" in _bad(tmp_path, bad)
+
+
+def test_mismatched_checkpoint(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["hyper_parameters"]["config"]["model"]["base_channels"] = 16
+    bad = tmp_path / "mismatch.ckpt"
+    torch.save(ckpt, bad)
+    assert "does not match the model described by its own config" in _bad(tmp_path, bad)
+
+
+def test_ckpt_path_is_required(tmp_path):
+    proc = run_script("sample.py", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "these config values must be set: ckpt_path" in proc.stderr
