@@ -63,11 +63,24 @@ def test_ddim_eta1_step_equals_ddpm_fixed_small_step(diffusion):
         assert torch.allclose(a, b, atol=1e-4), i
 
 
-def test_ddpm_sampler_over_all_steps_is_p_sample_loop(diffusion):
+def test_ddpm_sampler_over_all_steps_is_algorithm_2(diffusion):
+    """All-T DDPM sampling == x_T ~ N(0, I), then x_{t-1} = p_sample(x_t, t) for t = T..1, written out by hand."""
     model = CountingModel()
     a = DDPMSampler(diffusion).sample(model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(5))
-    b = diffusion.p_sample_loop(model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(a, b, atol=1e-6)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((3, 1, 2, 2), generator=g)
+    for i in reversed(range(T)):
+        x = diffusion.p_sample(model, x, torch.full((3,), i), generator=g)
+    assert torch.allclose(a, x, atol=1e-6)
+    assert torch.allclose(
+        diffusion.p_sample_loop(model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(5)), x
+    )
+
+
+def test_respaced_ddpm_sampler_with_all_steps_but_other_variance_builds_its_own_chain(diffusion):
+    sampler = DDPMSampler(diffusion, var_type="fixed_large")
+    assert sampler.chain is not diffusion
+    assert torch.allclose(sampler.chain.betas, diffusion.betas, rtol=1e-9)
 
 
 def test_respaced_ddpm_chain_keeps_the_marginals(diffusion):

