@@ -34,23 +34,20 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
 
 
 def building(what: str, fn: Callable[[], R]) -> R:
-    """Run a build step of the config; a ValueError or TypeError in it is a config mistake, reported as such."""
+    """Run one build step of the config. A ValueError, TypeError or KeyError from it (or at the root of the chain
+    that Hydra's instantiate wraps around it) is a config mistake and becomes a ConfigError naming the group."""
     try:
         return fn()
     except ConfigError:
         raise
-    except (ValueError, TypeError, KeyError) as e:  # includes Hydra's InstantiationException chain
-        cause = root_cause(e)
-        if isinstance(cause, (ValueError, TypeError, KeyError)) or isinstance(e, (ValueError, TypeError)):
-            message = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
-            raise ConfigError(f"invalid {what} config: {message}") from e
-        raise
     except Exception as e:
+        config_mistakes = (ValueError, TypeError, KeyError)
         cause = root_cause(e)
-        if isinstance(cause, (ValueError, TypeError, ConfigError)):
-            message = str(cause).strip().splitlines()[0]
-            raise ConfigError(f"invalid {what} config: {message}") from e
-        raise
+        culprit = cause if isinstance(cause, config_mistakes) else e
+        if not isinstance(culprit, config_mistakes):
+            raise
+        lines = str(culprit).strip().splitlines()
+        raise ConfigError(f"invalid {what} config: {lines[0] if lines else repr(culprit)}") from e
 
 
 def exit_on_config_error(fn: Callable[[], R]) -> R:
