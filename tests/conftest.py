@@ -22,3 +22,15 @@ def mnist_raw() -> Path:
     if not (MNIST_RAW / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST raw files not found under {MNIST_RAW} (set DDPM_SHARED to the shared/ folder)")
     return MNIST_RAW
+
+
+FID_WEIGHTS = SHARED / "assets" / "inception-2015-12-05-fid-features-only-nofc.pth"
+
+
+@pytest.fixture(scope="session")
+def fid_weights() -> str:
+    if not FID_WEIGHTS.is_file():
+        pytest.skip(
+            f"FID Inception weights not found at {FID_WEIGHTS} (set DDPM_SHARED to the shared/ folder)"
+        )
+    return str(FID_WEIGHTS)
