@@ -1,6 +1,6 @@
 """Lightning glue: the DiffusionModule (training_step, EMA) and callbacks."""
 
-from ddpm.training.callbacks import SampleGrid, StepProgressBar, to_unit_interval
+from ddpm.training.callbacks import SampleFID, SampleGrid, StepProgressBar, to_unit_interval
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.module import DiffusionModule, NonFiniteLossError
 
@@ -8,6 +8,7 @@ __all__ = [
     "EMA",
     "DiffusionModule",
     "NonFiniteLossError",
+    "SampleFID",
     "SampleGrid",
     "StepProgressBar",
     "ema_decay_at",

@@ -92,3 +92,101 @@ class StepProgressBar(RichProgressBar):
         max_steps = self.trainer.max_steps
         total = f"/{max_steps}" if max_steps and max_steps > 0 else ""
         return f"Epoch {current_epoch} · step {self.trainer.global_step}{total}"
+
+
+class SampleFID(L.Callback):
+    """After validation, draw `n` samples with the EMA weights and log FID against the held-out split.
+
+    The metric is named val/fid_<n>_<sampler> (e.g. val/fid_1k_ddim50): FID at different N is not comparable.
+    Under DDP every rank draws its own share of the n samples from its own seed and torchmetrics sums the feature
+    statistics across ranks: no duplicated samples, no images gathered on rank 0. The held-out reference statistics
+    are computed once (rank 0), cached on disk, and installed on rank 0 only (the other ranks add zeros).
+    The Inception network is loaded when the callback is built, so missing weights stop a run before training.
+    """
+
+    def __init__(
+        self,
+        n: int = 256,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        eta: float = 0.0,
+        spacing: str = "uniform",
+        batch_size: int = 128,
+        seed: int = 12345,
+        weights_path: str | None = None,
+        cache_dir: str = ".cache/fid",
+        reference_n: int | None = None,
+        every_n_validations: int = 1,
+    ) -> None:
+        from ddpm.metrics import make_fid
+
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 samples, got n={n}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.sampler_kwargs = {
+            "steps": steps,
+            "spacing": spacing,
+            **({"eta": eta} if sampler == "ddim" else {}),
+        }
+        self.sampler_name = sampler
+        self.weights_path, self.cache_dir, self.reference_n = weights_path, cache_dir, reference_n
+        self.every_n_validations = every_n_validations
+        self.metric = make_fid(weights_path)
+        self._validations = 0
+        self._reference_loaded = False
+
+    def _load_reference(self, trainer: L.Trainer) -> None:
+        from torch.utils.data import DataLoader, Subset
+
+        from ddpm.metrics import (
+            load_or_compute_reference,
+            reference_cache_path,
+            resolve_weights,
+            set_reference,
+        )
+
+        dm = trainer.datamodule
+        held_out = dm.val_set
+        n_ref = min(self.reference_n or len(held_out), len(held_out))
+        path = reference_cache_path(
+            self.cache_dir,
+            dm.source,
+            "held_out",
+            dm.image_size,
+            dm.channels,
+            n_ref,
+            resolve_weights(self.weights_path),
+        )
+        stats = None
+        if trainer.is_global_zero:
+            loader = DataLoader(Subset(held_out, range(n_ref)), batch_size=100)
+            stats = load_or_compute_reference(self.metric, loader, path)
+        trainer.strategy.barrier()
+        set_reference(self.metric, stats)
+        self._reference_loaded = True
+
+    @torch.no_grad()
+    def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, torch.Tensor]:
+        from ddpm.metrics import fid_images, fid_key
+
+        self.metric.to(pl_module.device)
+        if not self._reference_loaded:
+            self._load_reference(trainer)
+        self.metric.reset()  # fake features only: reset_real_features=False
+        sampler = make_sampler(pl_module.diffusion, self.sampler_name, **self.sampler_kwargs)
+        rank, world = trainer.global_rank, trainer.world_size
+        share = self.n // world + (1 if rank < self.n % world else 0)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + rank)
+        for start in range(0, share, self.batch_size):
+            count = min(self.batch_size, share - start)
+            self.metric.update(fid_images(pl_module.sample(sampler, count, generator=generator)), real=False)
+        return f"val/{fid_key(self.n, sampler.label)}", self.metric.compute()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations:
+            return
+        key, value = self.compute(trainer, pl_module)
+        pl_module.log(key, value, sync_dist=False)
