@@ -13,7 +13,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from ddpm.diffusion import make_sampler
+from ddpm.diffusion import Sampler, make_sampler
+from ddpm.metrics import (
+    fid_images,
+    fid_key,
+    load_or_compute_reference,
+    make_fid,
+    reference_cache_path,
+    resolve_weights,
+    set_reference,
+)
 
 
 def to_unit_interval(x: Tensor) -> Tensor:
@@ -118,8 +127,6 @@ class SampleFID(L.Callback):
         reference_n: int | None = None,
         every_n_validations: int = 1,
     ) -> None:
-        from ddpm.metrics import make_fid
-
         if n < 2:
             raise ValueError(f"FID needs at least 2 samples, got n={n}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -135,52 +142,32 @@ class SampleFID(L.Callback):
         self._validations = 0
         self._reference_loaded = False
 
-    def _load_reference(self, trainer: L.Trainer) -> None:
-        from torch.utils.data import DataLoader, Subset
-
-        from ddpm.metrics import (
-            load_or_compute_reference,
-            reference_cache_path,
-            resolve_weights,
-            set_reference,
-        )
-
-        dm = trainer.datamodule
-        held_out = dm.val_set
-        n_ref = min(self.reference_n or len(held_out), len(held_out))
-        path = reference_cache_path(
-            self.cache_dir,
-            dm.source,
-            "held_out",
-            dm.image_size,
-            dm.channels,
-            n_ref,
-            resolve_weights(self.weights_path),
-        )
-        stats = None
-        if trainer.is_global_zero:
-            loader = DataLoader(Subset(held_out, range(n_ref)), batch_size=100)
-            stats = load_or_compute_reference(self.metric, loader, path)
-        trainer.strategy.barrier()
-        set_reference(self.metric, stats)
-        self._reference_loaded = True
-
     @torch.no_grad()
     def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, torch.Tensor]:
-        from ddpm.metrics import fid_images, fid_key
-
         self.metric.to(pl_module.device)
         if not self._reference_loaded:
-            self._load_reference(trainer)
-        self.metric.reset()  # fake features only: reset_real_features=False
+            install_reference(
+                self.metric,
+                trainer.datamodule,
+                self.cache_dir,
+                self.reference_n,
+                self.weights_path,
+                is_rank_zero=trainer.is_global_zero,
+                barrier=trainer.strategy.barrier,
+            )
+            self._reference_loaded = True
         sampler = make_sampler(pl_module.diffusion, self.sampler_name, **self.sampler_kwargs)
-        rank, world = trainer.global_rank, trainer.world_size
-        share = self.n // world + (1 if rank < self.n % world else 0)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + rank)
-        for start in range(0, share, self.batch_size):
-            count = min(self.batch_size, share - start)
-            self.metric.update(fid_images(pl_module.sample(sampler, count, generator=generator)), real=False)
-        return f"val/{fid_key(self.n, sampler.label)}", self.metric.compute()
+        value = fid_of_samples(
+            self.metric,
+            pl_module,
+            sampler,
+            self.n,
+            self.batch_size,
+            self.seed,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
+        return f"val/{fid_key(self.n, sampler.label)}", value
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -190,3 +177,63 @@ class SampleFID(L.Callback):
             return
         key, value = self.compute(trainer, pl_module)
         pl_module.log(key, value, sync_dist=False)
+
+
+def install_reference(
+    metric,
+    datamodule,
+    cache_dir: str,
+    reference_n: int | None,
+    weights_path: str | None,
+    *,
+    is_rank_zero: bool = True,
+    barrier=None,
+) -> int:
+    """Put the held-out split's reference statistics into `metric` (cached on disk; rank 0 only under DDP, the
+    other ranks hold zeros that the cross-rank sum adds in). Returns the number of reference images."""
+    from torch.utils.data import DataLoader, Subset
+
+    held_out = datamodule.val_set
+    n_ref = min(reference_n or len(held_out), len(held_out))
+    path = reference_cache_path(
+        cache_dir,
+        datamodule.source,
+        "held_out",
+        datamodule.image_size,
+        datamodule.channels,
+        n_ref,
+        resolve_weights(weights_path),
+    )
+    stats = None
+    if is_rank_zero:
+        loader = DataLoader(Subset(held_out, range(n_ref)), batch_size=100)
+        stats = load_or_compute_reference(metric, loader, path)
+    if barrier is not None:
+        barrier()
+    set_reference(metric, stats)
+    return n_ref
+
+
+@torch.no_grad()
+def fid_of_samples(
+    metric,
+    pl_module: L.LightningModule,
+    sampler: Sampler,
+    n: int,
+    batch_size: int,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    use_ema: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """FID of n fresh samples (this rank draws its share from seed + rank) against the installed reference."""
+    metric.reset()  # fake features only: reset_real_features=False
+    share = n // world_size + (1 if rank < n % world_size else 0)
+    generator = torch.Generator(device=pl_module.device).manual_seed(seed + rank)
+    for start in range(0, share, batch_size):
+        count = min(batch_size, share - start)
+        images = pl_module.sample(sampler, count, generator=generator, use_ema=use_ema, progress=progress)
+        metric.update(fid_images(images), real=False)
+    return metric.compute()
