@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: help install train test test-all lint format clean
+.PHONY: help install train test test-all lint format clean bench bench-sample
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,11 @@ test:  ## the default test suite (slow tests excluded)
 
 test-all:  ## every test, slow ones included
 	$(PY) -m pytest -m "slow or not slow"
+
+bench-sample:  ## sampler and FID-feature throughput table (DDPM-1000 vs DDIM-100/50/20); DDPM_FID_WEIGHTS for offline
+	$(PY) benchmarks/bench_sample.py
+
+bench: bench-sample  ## every benchmark
 
 lint:  ## ruff lint + format check
 	$(BIN)/ruff check .
