@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from ddpm.cli import resolvers  # noqa: F401
+from ddpm.cli.compose import compose_config
 from ddpm.cli.train import build_module
 from ddpm.diffusion import make_sampler
 from ddpm.metrics import fid_images, make_fid
@@ -52,9 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        paths = [f"paths.root_dir={ROOT}", f"paths.output_dir={tempfile.gettempdir()}"]  # no Hydra run here
-        cfg = compose("train", overrides=[*paths, *args.overrides])
+    cfg = compose_config(ROOT / "conf", "train", args.overrides)
     module = build_module(cfg).eval()
     net = module.ema.module.eval()
     shape = (args.batch, net.in_channels, net.image_size, net.image_size)

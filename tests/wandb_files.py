@@ -52,6 +52,8 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    group: str = ""
+    name: str = ""
 
     @property
     def history_keys(self) -> set[str]:
@@ -83,6 +85,7 @@ def read_offline_run(wandb_file: Path) -> OfflineRun:
                 run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "run":
             run.tags = list(rec.run.tags)
+            run.group, run.name = rec.run.run_group, rec.run.display_name
     return run
 
 

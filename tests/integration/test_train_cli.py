@@ -32,7 +32,17 @@ def test_default_train_writes_checkpoint_grids_and_wandb_run(run_train, tmp_path
     assert {"train/loss", "val/loss", "lr-AdamW", "train/ema_decay", "trainer/global_step"} <= wb.history_keys
     assert len(wb.values("val/samples/_type")) == 2
     assert all(loss > 0 for loss in wb.values("train/loss"))
-    assert len(wb.media) == 2
+    # once at the start: the forward process picture, the alphabar / SNR curves and their table
+    assert len(wb.values("schedule/forward_process/_type")) == len(wb.values("schedule/curves/_type")) == 1
+    assert wb.values("schedule/alphabar_snr/_type") == ["table-file"]
+    assert wb.values("schedule/alphabar_snr/ncols") == [3] and wb.values("schedule/alphabar_snr/nrows") == [
+        100
+    ]
+    assert wb.values("schedule/forward_process/captions") == [["t = 0, 12, 25, 38, 50, 62, 75, 88, 100"]]
+    assert len(wb.media) == 4  # 2 sample grids + forward process + curves
+    for name in ("forward_process.png", "schedule.png"):
+        with Image.open(run / "figures" / name) as img:
+            assert img.size[0] > img.size[1]
     assert wb.config["config"]["model"]["base_channels"] == 8 and wb.config["model/params"] > 0
     assert wb.tags == ["dev"]
 
@@ -96,7 +106,7 @@ def test_ddpm_cifar10_experiment_pins_the_paper_recipe(run_train):
     assert cfg["model"]["attn_resolutions"] == [16] and cfg["model"]["dropout"] == 0.1
     assert cfg["schedule"] == {"name": "linear", "num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
     assert (
-        cfg["data"]["batch_size"] == 128
+        cfg["data"]["global_batch_size"] == 128
         and cfg["data"]["hflip"] is True
         and cfg["data"]["source"] == "cifar10"
     )

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import logging
+import signal
+import warnings
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.cli import resolvers  # noqa: F401  (registers ${floordiv:...})
+from ddpm.cli.checkpoint import check_resume, find_last_checkpoint
 from ddpm.cli.errors import building, exit_on_config_error
 from ddpm.diffusion import GaussianDiffusion, make_beta_schedule, make_sampler
 from ddpm.errors import ConfigError
 from ddpm.training import DiffusionModule
 
 log = logging.getLogger(__name__)
+
+# Lightning warns on every mid-epoch resume unless the DataLoader itself is stateful; ours resumes through the
+# DataModule's state_dict (EpochSampler), so the warning is wrong here.
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
@@ -41,6 +54,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
             warmup_steps=cfg.optim.warmup_steps,
             ema_decay=cfg.ema.decay,
             ema_warmup=cfg.ema.warmup,
+            noise_seed=cfg.get("seed") or 0,
             config=OmegaConf.to_container(cfg, resolve=True),
         ),
     )
@@ -64,8 +78,9 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit the model; returns the final held-out loss (the value a sweeper minimises)."""
+    """Fit the model; returns the final value of cfg.optimized_metric (what a sweeper minimises)."""
     check_config(cfg)
+    name_sweep_job(cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
     if cfg.get("seed") is not None:  # before building the network: the seed fixes the initial weights
@@ -88,17 +103,71 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = building(
         "trainer", lambda: hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     )
+    datamodule.configure_batch(trainer.world_size, trainer.accumulate_grad_batches)
+    ckpt_path = resume_path(cfg)
+    if ckpt_path is not None:
+        check_resume(module, ckpt_path)
+        log.info("resuming from %s", ckpt_path)
     for lg in loggers:
         lg.log_hyperparams({"model/params": module.num_parameters})
     log.info("model: %s, %.2fM parameters", cfg.model._target_, module.num_parameters / 1e6)
     log.info("run directory: %s", cfg.paths.output_dir)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:  # a sweep runs its jobs in one process: each job's W&B run must end before the next starts
+        for lg in loggers:
+            if isinstance(lg, WandbLogger) and trainer.is_global_zero and lg._experiment is not None:
+                lg.experiment.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
-    metric = trainer.callback_metrics.get("val/loss")
-    return float(metric) if metric is not None else None
+    return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def optimized_value(metrics: dict[str, Any], name: str) -> float:
+    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50)."""
+    if name not in metrics:
+        matches = [k for k in metrics if k.startswith(f"{name}_")]
+        if len(matches) != 1:
+            raise ConfigError(
+                f"optimized_metric={name} was not logged by this run (logged: {', '.join(sorted(metrics))}): "
+                "set optimized_metric to one of them"
+            )
+        name = matches[0]
+    return float(metrics[name])
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume: cfg.ckpt_path (`last`: the newest checkpoints/last.ckpt of this task's runs); with
+    none given, the run directory's own checkpoints/last.ckpt if it has one (a requeued SLURM job restarts in it)."""
+    path = cfg.get("ckpt_path")
+    if path == "last":
+        return str(find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
+    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if path is None and own.is_file():
+        return str(own)
+    return path
+
+
+def name_sweep_job(cfg: DictConfig) -> None:
+    """In a multirun (-m), put every job in one W&B group named after the sweep, each named by its overrides."""
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if not wandb or not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    with open_dict(cfg):
+        if wandb.get("group") is None:
+            wandb.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
+        if wandb.get("name") is None:
+            wandb.name = hc.job.override_dirname or f"job{hc.job.num}"
 
 
 def main(cfg: DictConfig) -> Any:
     """Entry point called by the root train.py (decorated there with @hydra.main)."""
-    return exit_on_config_error(lambda: train(cfg))
+    try:
+        return exit_on_config_error(lambda: train(cfg))
+    except (
+        SIGTERMException
+    ):  # CheckpointOnSigterm saved the run: exit as a terminated process does (128 + 15)
+        raise SystemExit(128 + signal.SIGTERM) from None

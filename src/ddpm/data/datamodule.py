@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ddpm.data.sources import build_datasets, check_source
+from ddpm.errors import ConfigError
+
+
+class EpochSampler(Sampler[int]):
+    """Training order: a fresh permutation per epoch drawn from (seed, epoch), dealt out across DDP ranks, and
+    resumable mid-epoch.
+
+    Rank r of W takes positions r, r + W, ... of the epoch's permutation (n // W each, so ranks stay in step and
+    no image is seen twice in an epoch). `resume(epoch, start)` makes the next pass over `epoch` begin at its
+    `start`-th index, so a run resumed from a mid-epoch checkpoint sees exactly the images it would have seen.
+    Lightning calls `set_epoch` before every epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, start: int) -> None:
+        self._resume = (epoch, start)
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[self.rank :: self.world_size][: len(self)]
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+            self._resume = None
+        return iter(order[start:].tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
     """Images from one source (see `ddpm.data.sources`), batched for training and held-out evaluation.
 
-    `batch_size` is per device: the global batch is batch_size * devices * num_nodes * accumulate_grad_batches.
+    Batch size: `batch_size` is per device, so the global batch (images per optimizer step) is
+    batch_size * devices * num_nodes * accumulate_grad_batches. Set `global_batch_size` instead to keep the global
+    batch fixed whatever the number of devices (the paper's 128): each device then takes
+    global_batch_size / (devices * num_nodes * accumulate_grad_batches) images, which must divide evenly.
+
+    The training order is reproducible from `split_seed` and resumable mid-epoch: the position in the epoch is
+    saved in every checkpoint (`state_dict`) and restored on resume.
     """
 
     def __init__(
@@ -28,6 +74,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = False,
         val_fraction: float = 0.1,
         split_seed: int = 0,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -38,8 +85,25 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.hflip, self.download = hflip, download
         self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.global_batch_size = global_batch_size
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._resume: dict[str, int] | None = None
+        self._sampler: EpochSampler | None = None
+
+    def configure_batch(self, world_size: int, accumulate_grad_batches: int = 1) -> int:
+        """Set the per-device batch from `global_batch_size` (if given) for this many processes; returns it."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        shards = world_size * accumulate_grad_batches
+        if self.global_batch_size % shards:
+            raise ConfigError(
+                f"data.global_batch_size={self.global_batch_size} does not split evenly over {world_size} "
+                f"process(es) x {accumulate_grad_batches} accumulated batch(es): use a multiple of {shards} or "
+                "change trainer.devices / trainer.accumulate_grad_batches"
+            )
+        self.batch_size = self.global_batch_size // shards
+        return self.batch_size
 
     def check(self) -> None:
         """Raise ConfigError now, before a trainer or logger exists, if the data cannot be loaded."""
@@ -62,11 +126,13 @@ class ImageDataModule(L.LightningDataModule):
                 self.split_seed,
             )
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler: Sampler | None, drop_last: bool
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
@@ -74,10 +140,35 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        self._sampler = EpochSampler(len(self.train_set), seed=self.split_seed, rank=rank, world_size=world)
+        if self._resume is not None:
+            self._sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+            self._resume = None
+        return self._loader(self.train_set, self.batch_size, self._sampler, drop_last=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the training data: the epoch and how many of its batches were trained on."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches": done, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state.get("batch_size") == self.batch_size:
+            self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False, drop_last=False)
+        """The held-out split in order; under DDP each rank takes its share (DistributedSampler, no shuffling)."""
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(
+                self.val_set, trainer.world_size, trainer.global_rank, shuffle=False, drop_last=False
+            )
+        return self._loader(self.val_set, self.eval_batch_size, sampler, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -63,6 +63,8 @@ class GaussianDiffusion:
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
+        # signal-to-noise ratio of x_t: SNR(t) = alphabar_t / (1 - alphabar_t)
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 

@@ -26,6 +26,10 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up from 0 to lr over this many optimizer steps, then constant.
         ema_decay, ema_warmup: see `EMA`.
         config: the resolved run configuration, stored in every checkpoint and logged as hyperparameters.
+        noise_seed: seeds the training noise: t and eps of each batch come from a generator seeded with
+            `noise_key(noise_seed, rank, global step, micro-batch)`, so every DDP rank draws its own noise
+            (seed_everything gives all ranks the same global RNG) and a resumed run draws exactly the noise an
+            uninterrupted one would.
     """
 
     def __init__(
@@ -40,12 +44,14 @@ class DiffusionModule(L.LightningModule):
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         config: dict[str, Any] | None = None,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "diffusion"])
         self.net = net
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = diffusion
+        self._noise_generators: dict[torch.device, torch.Generator] = {}
 
     # ------------------------------------------------------------------ training
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -54,11 +60,22 @@ class DiffusionModule(L.LightningModule):
     def _images(self, batch: Any) -> Tensor:
         return batch[0] if isinstance(batch, (list, tuple)) else batch
 
+    def noise_generator(self, device: torch.device, micro_batch: int = 0) -> torch.Generator:
+        """The generator for this step's t and eps (one per device, reseeded every step: cheap, no sync)."""
+        g = self._noise_generators.get(device)
+        if g is None:
+            g = self._noise_generators[device] = torch.Generator(device=device)
+        return g.manual_seed(
+            noise_key(self.hparams.noise_seed, self.global_rank, self.global_step, micro_batch)
+        )
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = ||target - net(x_t, t)||^2."""
         x0 = self._images(batch)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        g = self.noise_generator(x0.device, batch_idx % accumulate)
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
         loss = self.diffusion.training_losses(self.net, x0, t, noise).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -128,9 +145,14 @@ class DiffusionModule(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
 
+def noise_key(seed: int, rank: int, step: int, micro_batch: int = 0) -> int:
+    """A distinct 63-bit seed for each (seed, rank, step, micro-batch < 64) with rank < 65,537, step < 1,000,003."""
+    return ((((seed * 65_537 + rank) * 1_000_003 + step) * 64) + micro_batch) % 2**63
+
+
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     """The learning rate the scheduler gives at optimizer step `step` (for docs and tests)."""
     return lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
-__all__ = ["DiffusionModule", "NonFiniteLossError", "lr_at"]
+__all__ = ["DiffusionModule", "NonFiniteLossError", "lr_at", "noise_key"]

@@ -1,0 +1,24 @@
+"""Compose a config of conf/ in-process, without a Hydra run (for benchmarks, notebooks and tests)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ddpm.cli import resolvers  # noqa: F401  (registers ${floordiv:...})
+
+
+def compose_config(
+    config_dir: str | Path,
+    name: str = "train",
+    overrides: list[str] | tuple[str, ...] = (),
+    output_dir: str | Path | None = None,
+) -> DictConfig:
+    """`python <name>.py <overrides>`'s config; paths.root_dir is config_dir's parent, paths.output_dir `output_dir`."""
+    config_dir = Path(config_dir).resolve()
+    paths = [f"paths.root_dir={config_dir.parent}", f"paths.output_dir={output_dir or tempfile.gettempdir()}"]
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(name, overrides=[*paths, *overrides])

@@ -1,0 +1,89 @@
+"""SIGTERM mid-training saves a checkpoint; `python train.py ckpt_path=last` resumes it (the real CLI)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from tests.integration.conftest import ROOT, TINY, run_script
+
+LONG = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+
+
+def test_sigterm_saves_a_checkpoint_and_ckpt_path_last_resumes_it(tmp_path):
+    env = dict(os.environ, DDPM_ROOT=str(tmp_path), WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("PYTHONPATH", None)
+    args = [*LONG, "trainer.max_steps=1000", "trainer.val_check_interval=5", "logger=csv"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = tmp_path / "logs" / "train" / "runs"
+    deadline = time.monotonic() + 240
+    while (
+        not list(runs.glob("*/checkpoints/last.ckpt")) and time.monotonic() < deadline and proc.poll() is None
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "received SIGTERM at step" in out + err
+
+    (first,) = runs.iterdir()
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    stopped = saved["global_step"]
+    assert 5 <= stopped < 1000  # stopped mid-training, after the step in progress
+    assert (
+        saved["optimizer_states"]
+        and saved["lr_schedulers"]
+        and saved["ImageDataModule"]["batches"] == stopped
+    )
+    ema = {k: v for k, v in saved["state_dict"].items() if k.startswith("ema.module.")}
+    assert ema
+
+    time.sleep(1.1)  # run directories are named by the second
+    resumed = run_script(
+        "train.py",
+        *args[:-3],
+        f"trainer.max_steps={stopped + 3}",
+        "trainer.val_check_interval=3",
+        "logger=csv",
+        "ckpt_path=last",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {first / 'checkpoints' / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+    second = next(r for r in runs.iterdir() if r != first)
+    final = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert final["global_step"] == stopped + 3  # the step counter continued
+    with open(next(second.rglob("metrics.csv"))) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps and min(steps) >= stopped  # the resumed run logs from where the first one stopped
+    # the EMA weights continued from the saved ones (3 updates with decay <= 0.995 move them only a little)
+    moved = max((final["state_dict"][k] - v).abs().max().item() for k, v in ema.items())
+    scale = max(v.abs().max().item() for v in ema.values())
+    assert 0 < moved < 0.1 * scale
+
+
+def test_ckpt_path_last_without_runs_is_one_sentence(run_train, tmp_path):
+    proc = run_train("ckpt_path=last")
+    assert proc.returncode == 2
+    assert "ckpt_path=last: no run under" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_sentence(run_train, tmp_path):
+    assert run_train().returncode == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = run_train("model.base_channels=16", f"ckpt_path={ckpt}", run_dir="other")
+    assert proc.returncode == 2
+    assert "does not match the model of this run's config" in proc.stderr and "Traceback" not in proc.stderr
