@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from tests.wandb_files import find_offline_runs
@@ -30,6 +31,10 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     (wb,) = find_offline_runs(run / "wandb")  # rank zero alone logs
     fid = wb.values("val/fid_8_ddim2")
     assert len(fid) == 2 and all(math.isfinite(v) and v > 0 for v in fid)
+    # the checkpoint of the lowest FID, written once, with the best value kept for resuming
+    best = torch.load(run / "checkpoints" / "best_fid.ckpt", weights_only=False, map_location="cpu")
+    assert best["global_step"] == (2, 4)[fid.index(min(fid))]
+    assert best["callbacks"]["SampleFID"]["best"] == pytest.approx(min(fid), rel=1e-5)
     assert len(wb.values("val/samples/_type")) == 2
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
 

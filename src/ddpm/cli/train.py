@@ -41,7 +41,8 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
 def build_module(cfg: DictConfig) -> DiffusionModule:
     """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
     diffusion = build_diffusion(cfg)
-    net = building("model", lambda: hydra.utils.instantiate(cfg.model))
+    model_cfg = {k: v for k, v in cfg.model.items() if k != "compile"}
+    net = building("model", lambda: hydra.utils.instantiate(model_cfg))
     return building(
         "optim/ema",
         lambda: DiffusionModule(
@@ -55,6 +56,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
             ema_decay=cfg.ema.decay,
             ema_warmup=cfg.ema.warmup,
             noise_seed=cfg.get("seed") or 0,
+            compile=bool(cfg.model.get("compile", False)),
             config=OmegaConf.to_container(cfg, resolve=True),
         ),
     )

@@ -111,6 +111,7 @@ class SampleFID(L.Callback):
     statistics across ranks: no duplicated samples, no images gathered on rank 0. The held-out reference statistics
     are computed once (rank 0), cached on disk, and installed on rank 0 only (the other ranks add zeros).
     The Inception network is loaded when the callback is built, so missing weights stop a run before training.
+    With `best_path` set, the checkpoint of the lowest FID so far is written there (the best value survives resume).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class SampleFID(L.Callback):
         cache_dir: str = ".cache/fid",
         reference_n: int | None = None,
         every_n_validations: int = 1,
+        best_path: str | None = None,
     ) -> None:
         if n < 2:
             raise ValueError(f"FID needs at least 2 samples, got n={n}")
@@ -141,6 +143,9 @@ class SampleFID(L.Callback):
         self.metric = make_fid(weights_path)
         self._validations = 0
         self._reference_loaded = False
+        self.best_path = best_path
+        self.best: float | None = None
+        self._improved = False
 
     @torch.no_grad()
     def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, torch.Tensor]:
@@ -177,6 +182,21 @@ class SampleFID(L.Callback):
             return
         key, value = self.compute(trainer, pl_module)
         pl_module.log(key, value, sync_dist=False)
+        self._improved = self.best is None or float(value) < self.best
+        if self._improved:
+            self.best = float(value)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._improved and self.best_path and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.best_path)  # every rank takes part; rank 0 writes
+        self._improved = False
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "validations": self._validations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+        self._validations = state.get("validations", 0)
 
 
 def install_reference(

@@ -30,6 +30,7 @@ class DiffusionModule(L.LightningModule):
             `noise_key(noise_seed, rank, global step, micro-batch)`, so every DDP rank draws its own noise
             (seed_everything gives all ranks the same global RNG) and a resumed run draws exactly the noise an
             uninterrupted one would.
+        compile: torch.compile the network for training steps (the EMA network and sampling stay eager).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class DiffusionModule(L.LightningModule):
         ema_warmup: bool = True,
         config: dict[str, Any] | None = None,
         noise_seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "diffusion"])
@@ -52,6 +54,8 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = diffusion
         self._noise_generators: dict[torch.device, torch.Generator] = {}
+        # the compiled network shares the parameters of self.net; kept out of the module tree (and state_dict)
+        self.__dict__["train_net"] = torch.compile(net) if compile else net
 
     # ------------------------------------------------------------------ training
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -76,7 +80,7 @@ class DiffusionModule(L.LightningModule):
         g = self.noise_generator(x0.device, batch_idx % accumulate)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
-        loss = self.diffusion.training_losses(self.net, x0, t, noise).mean()
+        loss = self.diffusion.training_losses(self.train_net, x0, t, noise).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at step {self.global_step}: lower optim.lr, keep "
