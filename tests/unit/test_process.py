@@ -177,3 +177,22 @@ def test_invalid_arguments():
         GaussianDiffusion(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="use more timesteps or a smaller beta_end"):
         make_beta_schedule("linear", 10)
+
+
+def test_diffusion_math_stays_float32_under_bf16_autocast():
+    from ddpm.diffusion import make_sampler
+
+    d = GaussianDiffusion(make_beta_schedule("linear", 100))
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def model(x, t):
+        return net(x)
+
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    t = torch.tensor([5, 90])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x0, t).dtype == torch.bfloat16  # the network runs in bf16...
+        x_t = d.q_sample(x0, t)
+        loss = d.training_losses(model, x0, t)
+        sample = make_sampler(d, "ddim", steps=3).sample(model, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert x_t.dtype == loss.dtype == sample.dtype == torch.float32  # ...the diffusion math does not
