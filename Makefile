@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: help install train test test-all lint format clean bench bench-sample
+.PHONY: help install install-bench train test test-all lint format clean bench bench-train bench-sample
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -26,7 +26,13 @@ test-all:  ## every test, slow ones included
 bench-sample:  ## sampler and FID-feature throughput table (DDPM-1000 vs DDIM-100/50/20); DDPM_FID_WEIGHTS for offline
 	$(PY) benchmarks/bench_sample.py
 
-bench: bench-sample  ## every benchmark
+bench-train:  ## training / inference throughput table: ours (Lightning and plain loop) vs diffusers, conv ceiling
+	$(PY) benchmarks/bench_train.py
+
+bench: bench-train bench-sample  ## every benchmark
+
+install-bench:  ## add the optional peer library (diffusers) that make bench compares against
+	$(PY) -m pip install -e ".[dev,bench]"
 
 lint:  ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -105,3 +105,12 @@ def test_training_noise_differs_per_rank_step_and_micro_batch():
         for r in range(4)
     }
     assert len(draws) == 4  # each rank draws different eps at the same step
+
+
+def test_optimized_metric_is_found_by_name_or_prefix():
+    from ddpm.cli.train import optimized_value
+
+    metrics = {"val/loss": torch.tensor(0.5), "val/fid_8_ddim2": torch.tensor(40.0)}
+    assert optimized_value(metrics, "val/loss") == 0.5
+    assert optimized_value(metrics, "val/fid") == 40.0
+    assert optimized_value(metrics, "val/nll") is None  # a single run only warns; a sweep stops (ConfigError)

@@ -125,17 +125,20 @@ def train(cfg: DictConfig) -> float | None:
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
 
 
-def optimized_value(metrics: dict[str, Any], name: str) -> float:
-    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50)."""
-    if name not in metrics:
-        matches = [k for k in metrics if k.startswith(f"{name}_")]
-        if len(matches) != 1:
-            raise ConfigError(
-                f"optimized_metric={name} was not logged by this run (logged: {', '.join(sorted(metrics))}): "
-                "set optimized_metric to one of them"
-            )
-        name = matches[0]
-    return float(metrics[name])
+def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
+    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50). Missing: a sweep
+    cannot go on without it (ConfigError); a single run only warns."""
+    matches = [name] if name in metrics else [k for k in metrics if k.startswith(f"{name}_")]
+    if len(matches) == 1:
+        return float(metrics[matches[0]])
+    message = (
+        f"optimized_metric={name} was not logged by this run (logged: {', '.join(sorted(metrics)) or 'nothing'}): "
+        "set optimized_metric to one of them"
+    )
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(message)
+    log.warning(message)
+    return None
 
 
 def resume_path(cfg: DictConfig) -> str | None:
