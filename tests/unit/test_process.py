@@ -194,5 +194,7 @@ def test_diffusion_math_stays_float32_under_bf16_autocast():
         assert model(x0, t).dtype == torch.bfloat16  # the network runs in bf16...
         x_t = d.q_sample(x0, t)
         loss = d.training_losses(model, x0, t)
-        sample = make_sampler(d, "ddim", steps=3).sample(model, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+        sample = make_sampler(d, "ddim", steps=3).sample(
+            model, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0)
+        )
     assert x_t.dtype == loss.dtype == sample.dtype == torch.float32  # ...the diffusion math does not
