@@ -29,6 +29,15 @@ TINY = [
     "~callbacks.progress_bar",
 ]
 
+# validation FID on 8 samples of a 2-step sampler against 16 held-out images, after every validation
+TINY_FID = [
+    "callbacks=fid",
+    "callbacks.fid.n=8",
+    "callbacks.fid.steps=2",
+    "callbacks.fid.reference_n=16",
+    "callbacks.fid.every_n_validations=1",
+]
+
 
 def run_script(script: str, *overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.integration.conftest import TINY_FID
 from tests.wandb_files import find_offline_runs
 
 
@@ -16,11 +17,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "data.global_batch_size=16",
-        "callbacks=fid",
-        "callbacks.fid.n=8",
-        "callbacks.fid.steps=2",
-        "callbacks.fid.reference_n=16",
-        "callbacks.fid.every_n_validations=1",
+        *TINY_FID,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     out = proc.stdout + proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from tests.integration.conftest import TINY, run_script
+from tests.integration.conftest import TINY, TINY_FID, run_script
 from tests.wandb_files import find_offline_runs
 
 
@@ -14,11 +14,7 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     proc = run_script(
         "train.py",
         *TINY,
-        "callbacks=fid",
-        "callbacks.fid.n=8",
-        "callbacks.fid.steps=2",
-        "callbacks.fid.reference_n=16",
-        "callbacks.fid.every_n_validations=1",
+        *TINY_FID,
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 
+from tests.integration.conftest import TINY_FID
 from tests.wandb_files import find_offline_runs
 
 
 def test_validation_fid_is_logged_to_wandb(run_train, tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     proc = run_train(
-        "callbacks=fid",
-        "callbacks.fid.n=8",
-        "callbacks.fid.steps=2",
-        "callbacks.fid.reference_n=16",
-        "callbacks.fid.every_n_validations=1",
+        *TINY_FID,
         "trainer.max_steps=2",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -9,7 +9,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from tests.integration.conftest import TINY, run_script
+from tests.integration.conftest import TINY, TINY_FID, run_script
 from tests.wandb_files import find_offline_runs
 
 NARROW = [a for a in TINY if not a.startswith("model.base_channels")]
@@ -43,7 +43,7 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
     proc = run_script(
         "train.py", *TINY, "hparams_search=fid_optuna", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}", "trainer.max_steps=2",
-        "callbacks.fid.n=8", "callbacks.fid.steps=2", "callbacks.fid.reference_n=16", "logger=csv",
+        *TINY_FID[1:], "logger=csv",
         cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -85,6 +86,9 @@ def train(cfg: DictConfig) -> float | None:
     name_sweep_job(cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
+    if torch.cuda.is_available():  # TF32 matmuls and convolutions on Ampere and later; CPU math is left alone
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
     if cfg.get("seed") is not None:  # before building the network: the seed fixes the initial weights
         L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
