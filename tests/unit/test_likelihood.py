@@ -34,6 +34,18 @@ def test_discretized_decoder_is_a_distribution_over_the_256_levels(mean, log_sca
     )
 
 
+def test_decoder_is_finite_in_float32_far_from_the_mean():
+    # the decoder's real inputs: float32, a confident network (small scale) and bins far from its mean, interior and
+    # edge; float32 rounding once turned these into log(0) = -inf and the whole bound into inf
+    x = torch.tensor([-1.0, 2 * 100 / 255 - 1, 1.0, 2 * 200 / 255 - 1], dtype=torch.float32)
+    mean = torch.tensor([0.9, -0.8, -0.9, 0.95], dtype=torch.float32)
+    logp = discretized_gaussian_log_likelihood(x, mean, torch.full_like(x, -4.0))
+    assert logp.dtype == torch.float32 and torch.isfinite(logp).all()
+    assert (logp < -20).all()  # still (nearly) impossible, as it should be
+    near = discretized_gaussian_log_likelihood(x, x, torch.full_like(x, -4.0))
+    assert torch.isfinite(near).all() and (near > -2).all()
+
+
 def test_prior_term_matches_closed_form():
     d = GaussianDiffusion(make_beta_schedule("linear", 1000))
     x0 = torch.rand(3, 1, 4, 4) * 2 - 1

@@ -21,6 +21,9 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log p(x) for x on the 256-level grid in [-1, 1]: the mass of N(mean, e^(2 log_scale)) over x's bin
     [x - 1/255, x + 1/255], the edge bins extended to -inf (x = -1) and +inf (x = 1) (Ho et al.'s decoder L_0)."""
+    dtype = x.dtype
+    # float64: in float32 the clamp below (1 - 1e-12) rounds to 1 and a bin far from the mean gives log(0) = -inf
+    x, mean, log_scale = x.double(), mean.double(), log_scale.double()
     inv_std = torch.exp(-log_scale)
     upper = inv_std * (x - mean + BIN_HALF_WIDTH)
     lower = inv_std * (x - mean - BIN_HALF_WIDTH)
@@ -30,7 +33,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     log_mid = log_cdf_upper + torch.log1p(
         -torch.exp(torch.special.log_ndtr(lower) - log_cdf_upper).clamp(max=1 - 1e-12)
     )
-    return torch.where(x < -1 + 1e-3, log_cdf_upper, torch.where(x > 1 - 1e-3, log_survival_lower, log_mid))
+    out = torch.where(x < -1 + 1e-3, log_cdf_upper, torch.where(x > 1 - 1e-3, log_survival_lower, log_mid))
+    return out.to(dtype)
 
 
 def mean_flat(x: Tensor) -> Tensor:
