@@ -4,9 +4,12 @@ One shared workload (1x32x32 images, batch 64, T=1000 linear, eps-prediction MSE
 run on: our UNet at the configuration matched to the peer (through our LightningModule + Lightning Trainer, and the
 same network in a plain PyTorch loop), diffusers' UNet2DModel (block_out_channels 32,64,64, 2 layers per block,
 attention at the middle level; only when the `bench` extra is installed), and the default CPU training config
-(model=unet_small on 28x28 MNIST-sized images). Each row runs in its own subprocess (so peak RSS is its own),
-all rows in one invocation; every figure is the median of --repeats timed chunks of --steps steps after
---warmup steps, with min and max.
+(model=unet_small on 28x28 MNIST-sized images).
+
+This machine's speed drifts by 10-20% over minutes, so rows are interleaved: each of --rounds rounds runs every row
+once, in its own fresh subprocess (so peak RSS is its own), timing --steps steps after --warmup steps. A figure is
+the median over rounds (min–max); a ratio between two rows is the median of the ratios within each round, i.e. of
+measurements taken a minute apart.
 """
 
 from __future__ import annotations
@@ -48,13 +51,11 @@ def make_net(name: str) -> tuple[torch.nn.Module, int, int]:
 
         return UNet(**{**MATCHED, "channels_last": name != "ours_nchw"}), 32, 1
     if name == "default":
-        import hydra
-
         from ddpm.cli.compose import compose_config
+        from ddpm.cli.train import build_network
 
         cfg = compose_config(ROOT / "conf", "train")
-        model_cfg = {k: v for k, v in cfg.model.items() if k != "compile"}
-        return hydra.utils.instantiate(model_cfg), cfg.data.image_size, cfg.data.channels
+        return build_network(cfg), cfg.data.image_size, cfg.data.channels
     if name == "diffusers":
         from diffusers import UNet2DModel
 
@@ -89,20 +90,19 @@ def forward_flops(net, size: int, channels: int) -> int:
     return counter.get_total_flops()
 
 
-def chunks(stamps: list[float], warmup: int, steps: int) -> list[float]:
-    """Seconds per step of each chunk of `steps` steps after `warmup` steps, from per-step time stamps."""
-    s = stamps[warmup:]
-    return [(s[i + steps] - s[i]) / steps for i in range(0, len(s) - steps, steps)]
+def per_step(stamps: list[float], warmup: int, steps: int) -> float:
+    """Seconds per step over `steps` steps after `warmup` steps, from the time stamps at the start of each step."""
+    return (stamps[warmup + steps] - stamps[warmup]) / steps
 
 
-def time_lightning(net, size, channels, args) -> list[float]:
+def time_lightning(net, size, channels, args) -> float:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
     from ddpm.training import DiffusionModule
 
-    total = args.warmup + args.steps * args.repeats + 1
+    total = args.warmup + args.steps + 1
     module = DiffusionModule(
         net, GaussianDiffusion(make_beta_schedule("linear", 1000)), lr=2e-4, warmup_steps=100
     )
@@ -126,10 +126,10 @@ def time_lightning(net, size, channels, args) -> list[float]:
         callbacks=[Stamp()],
     )
     trainer.fit(module, DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True))
-    return chunks(stamps, args.warmup, args.steps)
+    return per_step(stamps, args.warmup, args.steps)
 
 
-def time_plain(net, size, channels, args) -> list[float]:
+def time_plain(net, size, channels, args) -> float:
     """The same step in plain PyTorch: noise, loss, backward, clip, AdamW, LR warm-up, EMA."""
     from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
     from ddpm.training import EMA
@@ -138,7 +138,7 @@ def time_plain(net, size, channels, args) -> list[float]:
     ema = EMA(net, decay=0.9999)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    total = args.warmup + args.steps * args.repeats + 1
+    total = args.warmup + args.steps + 1
     data = torch.rand(BATCH * total, channels, size, size) * 2 - 1
     order = torch.randperm(len(data))
     net.train()
@@ -154,41 +154,37 @@ def time_plain(net, size, channels, args) -> list[float]:
         opt.step()
         sched.step()
         ema.update(net, step)
-    return chunks(stamps, args.warmup, args.steps)
+    return per_step(stamps, args.warmup, args.steps)
 
 
-def time_inference(net, size, channels, args) -> list[float]:
+def time_inference(net, size, channels, args) -> float:
     net.eval()
     x, t = torch.randn(BATCH, channels, size, size), torch.randint(0, 1000, (BATCH,))
-    out = []
     with torch.inference_mode():
         for _ in range(args.warmup):
             net(x, t)
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                net(x, t)
-            out.append((time.perf_counter() - t0) / args.steps)
-    return out
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            net(x, t)
+    return (time.perf_counter() - t0) / args.steps
 
 
-def conv_ceiling(args) -> list[float]:
+def conv_ceiling(args) -> float:
     """GFLOP/s of one 3x3 conv, 64 -> 64 channels, 32x32, batch 64, channels_last, forward + backward."""
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
     x = torch.randn(BATCH, 64, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
     flops = 3 * 2 * BATCH * 64 * 64 * 9 * 32 * 32  # forward, grad input, grad weight
-    out = []
-    for i in range(args.warmup + args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            conv(x).sum().backward()
-        if i >= args.warmup:
-            out.append(flops * args.steps / (time.perf_counter() - t0) / 1e9)
-    return out
+    for _ in range(args.warmup):
+        conv(x).sum().backward()
+    t0 = time.perf_counter()
+    for _ in range(4 * args.steps):
+        conv(x).sum().backward()
+    return flops * 4 * args.steps / (time.perf_counter() - t0) / 1e9
 
 
 def measure(name: str, args) -> dict:
     torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if name == "ceiling":
         return {"name": name, "gflops": conv_ceiling(args), "rss_mb": peak_rss_mb()}
     net, size, channels = make_net(name)
@@ -221,39 +217,38 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed chunk")
-    parser.add_argument("--repeats", type=int, default=5, help="timed chunks per figure")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every row once")
     parser.add_argument(
         "--rows", nargs="*", default=["ours", "ours_plain", "diffusers", "default", "ceiling"]
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if args.one:
         print(json.dumps(measure(args.one, args)))
         return
 
-    rows = {}
-    for name in args.rows:
-        if name == "diffusers":
-            try:
-                import diffusers  # noqa: F401
-            except ImportError:
-                print(
-                    "diffusers is not installed (pip install -e '.[bench]'): its row is left out",
-                    file=sys.stderr,
-                )
-                continue
-        proc = subprocess.run(
-            [sys.executable, __file__, "--one", name, f"--warmup={args.warmup}", f"--steps={args.steps}",
-             f"--repeats={args.repeats}"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if proc.returncode:
-            sys.exit(f"row {name} failed:\n{proc.stderr[-3000:]}")
-        rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"measured {name}", file=sys.stderr)
-    report(rows, args)
+    names = list(args.rows)
+    if "diffusers" in names:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            print("diffusers is not installed (make install-bench): its row is left out", file=sys.stderr)
+            names.remove("diffusers")
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        results = {}
+        for name in names:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", name, f"--warmup={args.warmup}", f"--steps={args.steps}"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if proc.returncode:
+                sys.exit(f"row {name} failed:\n{proc.stderr[-3000:]}")
+            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        rounds.append(results)
+        print(f"round {r + 1}/{args.rounds} measured", file=sys.stderr)
+    report(rounds, args)
 
 
 LABELS = {
@@ -264,48 +259,63 @@ LABELS = {
 }
 
 
-def report(rows: dict, args) -> None:
+def report(rounds: list[dict], args) -> None:
+    def series(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in rounds if name in r]
+
+    def ratio(a: str, b: str, key: str = "train_s") -> list[float]:
+        """b's time over a's time in each round: how many times faster a is than b."""
+        return [r[b][key] / r[a][key] for r in rounds if a in r and b in r]
+
+    first = rounds[0]
     print(
-        f"\nbatch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}; median (min–max) of "
-        f"{args.repeats} chunks of {args.steps} steps after {args.warmup} warm-up steps\n"
+        f"\nbatch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}; median (min–max) over "
+        f"{len(rounds)} interleaved rounds of {args.steps} timed steps after {args.warmup} warm-up steps\n"
     )
     print(
         "| model | params | fwd GFLOP @64 | train img/s | train GFLOP/s | inference NFE/s @64 | peak RSS MB |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, label in LABELS.items():
-        if name not in rows:
+        if name not in first:
             continue
-        r = rows[name]
+        r = first[name]
         gf = r["flops"] / 1e9
-        img_s = [BATCH / s for s in r["train_s"]]
-        gflops = [3 * gf / s for s in r["train_s"]]
-        nfe = [BATCH / s for s in r["infer_s"]]
+        train = series(name, "train_s")
         print(
-            f"| {label} | {r['params'] / 1e6:.2f}M | {gf:.1f} | {fmt(img_s)} | {fmt(gflops)} | {fmt(nfe, 0)} "
-            f"| {r['rss_mb']:.0f} |"
+            f"| {label} | {r['params'] / 1e6:.2f}M | {gf:.1f} | {fmt([BATCH / s for s in train])} "
+            f"| {fmt([3 * gf / s for s in train])} | {fmt([BATCH / s for s in series(name, 'infer_s')], 0)} "
+            f"| {max(series(name, 'rss_mb')):.0f} |"
         )
-    med = {n: statistics.median(r["train_s"]) for n, r in rows.items() if "train_s" in r}
     print()
-    if "ours" in med and "ours_plain" in med:
+    if "ours" in first and "ours_plain" in first:
+        overhead = [1 / x - 1 for x in ratio("ours", "ours_plain")]
         print(
-            f"Lightning overhead (Trainer step time / plain loop step time - 1): {med['ours'] / med['ours_plain'] - 1:+.1%}"
+            f"Lightning overhead (Trainer step time / plain loop step time - 1): {fmt([100 * o for o in overhead])} %"
         )
-    if "ours" in med and "diffusers" in med:
+    if "ours" in first and "diffusers" in first:
         print(
-            f"Training throughput ours (Lightning) / diffusers (plain loop): {med['diffusers'] / med['ours']:.2f}x"
+            f"Training throughput, ours through Lightning / diffusers in a plain loop: {fmt(ratio('ours', 'diffusers'), 2)}x"
         )
-    if "ceiling" in rows:
-        ceil = statistics.median(rows["ceiling"]["gflops"])
         print(
-            f"3x3 conv 64ch 32x32 batch 64, channels_last, fwd+bwd: {fmt(rows['ceiling']['gflops'])} GFLOP/s"
+            f"Training throughput, ours / diffusers, both in the plain loop: {fmt(ratio('ours_plain', 'diffusers'), 2)}x"
         )
-        if "default" in rows:
-            d = rows["default"]
-            achieved = 3 * d["flops"] / 1e9 / med["default"]
-            print(f"Default CPU config: {achieved:.0f} GFLOP/s = {achieved / ceil:.0%} of that conv ceiling")
+        print(
+            f"Inference network evaluations/s, ours / diffusers: {fmt(ratio('ours', 'diffusers', 'infer_s'), 2)}x"
+        )
+    if "ceiling" in first:
+        ceiling = series("ceiling", "gflops")
+        print(f"3x3 conv 64ch 32x32 batch 64, channels_last, fwd+bwd: {fmt(ceiling)} GFLOP/s")
+        if "default" in first:
+            share = [
+                3 * r["default"]["flops"] / 1e9 / r["default"]["train_s"] / r["ceiling"]["gflops"]
+                for r in rounds
+            ]
+            print(
+                f"Default CPU config: {fmt([100 * x for x in share], 0)} % of that conv ceiling (same round)"
+            )
     print(
-        "GFLOP counts are torch's FlopCounterMode on the forward pass; training GFLOP/s = 3 x forward GFLOP x steps/s. "
+        "\nGFLOP counts are torch's FlopCounterMode on the forward pass; training GFLOP/s = 3 x forward GFLOP x steps/s. "
         "Neither count includes the attention products inside the fused CPU scaled_dot_product_attention kernel "
         "(~5.4 GFLOP at batch 64), so the two columns compare like with like: the networks have the same architecture."
     )

@@ -39,11 +39,17 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
     return building("diffusion", lambda: GaussianDiffusion(betas, **cfg.diffusion))
 
 
+def build_network(cfg: DictConfig) -> torch.nn.Module:
+    """The network of cfg.model (its `compile` switch is the module's business, not the network's)."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("compile", None)
+    return building("model", lambda: hydra.utils.instantiate(model_cfg))
+
+
 def build_module(cfg: DictConfig) -> DiffusionModule:
     """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
     diffusion = build_diffusion(cfg)
-    model_cfg = {k: v for k, v in cfg.model.items() if k != "compile"}
-    net = building("model", lambda: hydra.utils.instantiate(model_cfg))
+    net = build_network(cfg)
     return building(
         "optim/ema",
         lambda: DiffusionModule(
