@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ddpm.data.sources import build_datasets, check_source
 from ddpm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class EpochSampler(Sampler[int]):
@@ -89,7 +92,6 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: dict[str, int] | None = None
-        self._sampler: EpochSampler | None = None
 
     def configure_batch(self, world_size: int, accumulate_grad_batches: int = 1) -> int:
         """Set the per-device batch from `global_batch_size` (if given) for this many processes; returns it."""
@@ -142,11 +144,11 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        self._sampler = EpochSampler(len(self.train_set), seed=self.split_seed, rank=rank, world_size=world)
+        sampler = EpochSampler(len(self.train_set), seed=self.split_seed, rank=rank, world_size=world)
         if self._resume is not None:
-            self._sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+            sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
             self._resume = None
-        return self._loader(self.train_set, self.batch_size, self._sampler, drop_last=True)
+        return self._loader(self.train_set, self.batch_size, sampler, drop_last=True)
 
     def state_dict(self) -> dict[str, Any]:
         """The position in the training data: the epoch and how many of its batches were trained on."""
@@ -157,8 +159,17 @@ class ImageDataModule(L.LightningDataModule):
         return {"epoch": trainer.current_epoch, "batches": done, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state and state.get("batch_size") == self.batch_size:
-            self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        if not state:
+            return
+        if state.get("batch_size") != self.batch_size:
+            log.warning(
+                "the checkpoint was trained with %s images per device, this run uses %s: the interrupted epoch "
+                "starts over instead of resuming at its position",
+                state.get("batch_size"),
+                self.batch_size,
+            )
+            return
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def val_dataloader(self) -> DataLoader:
         """The held-out split in order; under DDP each rank takes its share (DistributedSampler, no shuffling)."""
