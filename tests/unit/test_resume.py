@@ -114,3 +114,30 @@ def test_optimized_metric_is_found_by_name_or_prefix():
     assert optimized_value(metrics, "val/loss") == 0.5
     assert optimized_value(metrics, "val/fid") == 40.0
     assert optimized_value(metrics, "val/nll") is None  # a single run only warns; a sweep stops (ConfigError)
+
+
+def test_a_restarted_run_resumes_from_the_newest_checkpoint_in_its_own_folder(tmp_path):
+    import os
+
+    from omegaconf import OmegaConf
+
+    from ddpm.cli.train import resume_path
+
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": None,
+            "task_name": "train",
+            "paths": {"output_dir": str(tmp_path), "log_dir": str(tmp_path)},
+        }
+    )
+    assert resume_path(cfg) is None  # a fresh run folder: start from scratch
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"x")
+    assert resume_path(cfg) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's SLURM requeue checkpoint, written after last.ckpt
+    hpc.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    assert resume_path(cfg) == str(hpc)
+    cfg.ckpt_path = "/given.ckpt"
+    assert resume_path(cfg) == "/given.ckpt"

@@ -153,14 +153,16 @@ def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
 
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume: cfg.ckpt_path (`last`: the newest checkpoints/last.ckpt of this task's runs); with
-    none given, the run directory's own checkpoints/last.ckpt if it has one (a requeued SLURM job restarts in it)."""
+    none given, the newest checkpoint the run directory already holds (a requeued SLURM job restarts in it)."""
     path = cfg.get("ckpt_path")
     if path == "last":
         return str(find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
-    own = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if path is None and own.is_file():
-        return str(own)
-    return path
+    if path is not None:
+        return path
+    # a requeued job: its own last.ckpt, or the newer hpc_ckpt_<n>.ckpt Lightning saved on SLURM's SIGUSR1
+    out = Path(cfg.paths.output_dir)
+    own = [p for p in (out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return str(max(own, key=lambda p: p.stat().st_mtime)) if own else None
 
 
 def name_sweep_job(cfg: DictConfig) -> None:
