@@ -184,7 +184,6 @@ def main(cfg: DictConfig) -> Any:
     """Entry point called by the root train.py (decorated there with @hydra.main)."""
     try:
         return exit_on_config_error(lambda: train(cfg))
-    except (
-        SIGTERMException
-    ):  # CheckpointOnSigterm saved the run: exit as a terminated process does (128 + 15)
+    except SIGTERMException:
+        # LastCheckpoint saved the run: exit as a terminated process does (128 + 15)
         raise SystemExit(128 + signal.SIGTERM) from None

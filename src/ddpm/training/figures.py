@@ -14,6 +14,11 @@ from torchvision.utils import make_grid, save_image
 from ddpm.diffusion import GaussianDiffusion
 
 
+def frame_steps(num_timesteps: int, frames: int = 9) -> list[int]:
+    """The 1-based steps t = 0, T/(frames-1), ..., T shown by `forward_process_frames` (0: the image itself)."""
+    return [round(k * num_timesteps / (frames - 1)) for k in range(frames)]
+
+
 def forward_process_frames(
     diffusion: GaussianDiffusion, x0: Tensor, frames: int = 9, seed: int = 0
 ) -> Tensor:
@@ -22,7 +27,7 @@ def forward_process_frames(
     t = 0 is the image itself; t = k T / (frames - 1) is the closed form at 1-based step k T / (frames - 1).
     """
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    steps = [round(k * diffusion.num_timesteps / (frames - 1)) for k in range(1, frames)]
+    steps = frame_steps(diffusion.num_timesteps, frames)[1:]
     t = torch.tensor([s - 1 for s in steps])  # 0-based index of step s
     x_t = diffusion.q_sample(x0.expand(len(steps), *x0.shape), t, eps.expand(len(steps), *x0.shape))
     return torch.cat([x0[None], x_t])
@@ -77,7 +82,7 @@ class ForwardProcessFigures(L.Callback):
             diffusion, folder / "schedule.png", title=f"schedule: {name}" if name else ""
         )
 
-        steps = [0] + [round(k * diffusion.num_timesteps / (self.frames - 1)) for k in range(1, self.frames)]
+        steps = frame_steps(diffusion.num_timesteps, self.frames)
         stride = max(1, diffusion.num_timesteps // 100)
         rows = [
             [t + 1, float(diffusion.alphas_cumprod[t]), float(diffusion.snr[t].log10())]
