@@ -108,3 +108,58 @@ def test_plain_module_forward():
     x = torch.randn(2, 1, 8, 8)
     assert module(x, torch.tensor([0, 5])).shape == x.shape
     assert isinstance(module.net, nn.Module) and module.num_parameters > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the deferred (sync-free) check is the CUDA path")
+def test_cuda_non_finite_loss_is_caught_one_step_late():
+    from ddpm.training.finite_loss import FiniteLossCheck
+
+    check = FiniteLossCheck()
+    check.submit(torch.tensor(float("nan"), device="cuda"), step=3)  # no error yet: nothing was read
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        check.submit(torch.tensor(1.0, device="cuda"), step=4)
+    check.submit(torch.tensor(float("nan"), device="cuda"), step=5)
+    with pytest.raises(NonFiniteLossError, match="at step 5"):
+        check.flush()  # what on_save_checkpoint and on_train_end do
+
+
+def test_checkpoints_and_train_end_flush_the_loss_check(tmp_path):
+    """On a GPU the last step's loss is still in flight: it is read before any checkpoint and at the end."""
+    from ddpm.training.finite_loss import FiniteLossCheck
+
+    flushes: list[int] = []
+
+    class Recording(FiniteLossCheck):
+        def flush(self) -> None:
+            flushes.append(1)
+            super().flush()
+
+    module = tiny_module()
+    module.loss_check = Recording()
+    t = trainer(max_steps=2)
+    t.fit(module, loader())
+    at_end = len(flushes)
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    assert at_end == 1 and len(flushes) == 2
+
+
+def test_progress_bar_reads_metrics_every_n_steps():
+    from ddpm.training import StepProgressBar
+
+    reads: list[int] = []
+
+    class CountingBar(StepProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            if trainer.training:
+                reads.append(trainer.global_step)
+            return super().get_metrics(trainer, pl_module)
+
+    L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        max_steps=7,
+        callbacks=[CountingBar(metrics_every_n_steps=3)],
+    ).fit(tiny_module(), loader(64))
+    assert reads == [3, 6]

@@ -104,3 +104,25 @@ def test_ddim_eta0_is_deterministic_and_finds_a_point_mass():
     assert torch.allclose(a, x0.expand(8, -1), atol=1e-4)
     noise = torch.randn(8, 3)
     assert torch.equal(ddim.sample(oracle, (8, 3), noise=noise), ddim.sample(oracle, (8, 3), noise=noise))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls,kwargs", [(DDIMSampler, {"steps": 5, "eta": 0.5}), (DDPMSampler, {"steps": 5})])
+def test_compiled_sampler_draws_the_samples_of_the_eager_one(diffusion, cls, kwargs):
+    """sampler.compile=true runs the network under torch.compile (CUDA graphs on a GPU): same samples, same noise."""
+    from ddpm.models import UNet
+
+    net = UNet(
+        image_size=8, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+        attn_resolutions=(4,), num_groups=4, dropout=0.0,
+    ).eval()  # fmt: skip
+    for p in net.parameters():  # zero-initialised output layers would make every network output 0
+        torch.nn.init.normal_(p, std=0.2)
+    shape = (3, 1, 8, 8)
+    eager = cls(diffusion, **kwargs).sample(net, shape, generator=torch.Generator().manual_seed(1))
+    compiled_sampler = cls(diffusion, **kwargs, compile=True)
+    compiled = compiled_sampler.sample(net, shape, generator=torch.Generator().manual_seed(1))
+    again = compiled_sampler.sample(net, shape, generator=torch.Generator().manual_seed(1))
+    assert eager.abs().mean() > 0.01
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, compiled)

@@ -35,6 +35,7 @@ class SampleGrid(L.Callback):
 
     The starting noise comes from a fixed seed, so grids from successive validations show the same samples evolving.
     The PNG goes to `<dirpath>/step_<global_step>.png` (default: the trainer's run directory / samples).
+    `compile=True` samples with the network under torch.compile (CUDA graphs on a GPU; see `compiled_network`).
     """
 
     def __init__(
@@ -47,14 +48,16 @@ class SampleGrid(L.Callback):
         seed: int = 0,
         dirpath: str | None = None,
         every_n_validations: int = 1,
+        compile: bool = False,
     ) -> None:
         self.n, self.sampler_name, self.steps, self.eta, self.spacing = n, sampler, steps, eta, spacing
+        self.compile = compile
         self.seed, self.dirpath, self.every_n_validations = seed, dirpath, every_n_validations
         self._validations = 0
         self._last_step = -1
 
     def _sampler(self, pl_module: L.LightningModule):
-        kwargs = {"steps": self.steps, "spacing": self.spacing}
+        kwargs = {"steps": self.steps, "spacing": self.spacing, "compile": self.compile}
         if self.sampler_name == "ddim":
             kwargs["eta"] = self.eta
         return make_sampler(pl_module.diffusion, self.sampler_name, **kwargs)
@@ -95,7 +98,20 @@ class SampleGrid(L.Callback):
 
 
 class StepProgressBar(RichProgressBar):
-    """Rich progress bar whose description counts optimizer steps against max_steps (runs here are step-based)."""
+    """Rich progress bar whose description counts optimizer steps against max_steps (runs here are step-based).
+
+    The bar moves every step; the metrics shown beside it (the loss) are read every `metrics_every_n_steps`
+    training steps, since reading a GPU tensor makes the host wait for the GPU.
+    """
+
+    def __init__(self, *args, metrics_every_n_steps: int = 10, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics_every_n_steps = max(1, metrics_every_n_steps)
+
+    def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training and trainer.global_step % self.metrics_every_n_steps:
+            return
+        super()._update_metrics(trainer, pl_module)
 
     def _get_train_description(self, current_epoch: int) -> str:
         max_steps = self.trainer.max_steps
@@ -112,6 +128,7 @@ class SampleFID(L.Callback):
     are computed once (rank 0), cached on disk, and installed on rank 0 only (the other ranks add zeros).
     The Inception network is loaded when the callback is built, so missing weights stop a run before training.
     With `best_path` set, the checkpoint of the lowest FID so far is written there (the best value survives resume).
+    `compile=True` samples with the network under torch.compile (CUDA graphs on a GPU; see `compiled_network`).
     """
 
     def __init__(
@@ -128,6 +145,7 @@ class SampleFID(L.Callback):
         reference_n: int | None = None,
         every_n_validations: int = 1,
         best_path: str | None = None,
+        compile: bool = False,
     ) -> None:
         if n < 2:
             raise ValueError(f"FID needs at least 2 samples, got n={n}")
@@ -135,6 +153,7 @@ class SampleFID(L.Callback):
         self.sampler_kwargs = {
             "steps": steps,
             "spacing": spacing,
+            "compile": compile,
             **({"eta": eta} if sampler == "ddim" else {}),
         }
         self.sampler_name = sampler

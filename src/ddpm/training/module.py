@@ -10,10 +10,7 @@ from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Sampler
 from ddpm.training.ema import EMA, ema_decay_at
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops instead of updating the weights with it."""
+from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
 
 
 class DiffusionModule(L.LightningModule):
@@ -54,6 +51,7 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = diffusion
         self._noise_generators: dict[torch.device, torch.Generator] = {}
+        self.loss_check = FiniteLossCheck()
         # the compiled network shares the parameters of self.net; kept out of the module tree (and state_dict)
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
@@ -81,11 +79,7 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
         loss = self.diffusion.training_losses(self.train_net, x0, t, noise).mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at step {self.global_step}: lower optim.lr, keep "
-                "trainer.gradient_clip_val on, or use fp32 precision"
-            )
+        self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
         return loss
@@ -141,7 +135,11 @@ class DiffusionModule(L.LightningModule):
         finally:
             net.train(was_training)
 
+    def on_train_end(self) -> None:
+        self.loss_check.flush()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loss_check.flush()  # never save the weights of a step whose loss was not finite
         checkpoint["ddpm_format"] = 1
 
     @property
