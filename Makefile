@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: help install install-bench train test test-all lint format clean bench bench-train bench-sample
+.PHONY: help install install-bench train test test-all lint format clean bench bench-train bench-sample bench-gpu
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,10 @@ bench-sample:  ## sampler and FID-feature throughput table (DDPM-1000 vs DDIM-10
 bench-train:  ## training / inference throughput table: ours (Lightning and plain loop) vs diffusers, conv ceiling
 	$(PY) benchmarks/bench_train.py
 
-bench: bench-train bench-sample  ## every benchmark
+bench-gpu:  ## the paper's CIFAR-10 model on one GPU: training steps/s, DDPM-1000 / DDIM-50 img/s, 10k-sample FID time
+	$(PY) benchmarks/bench_gpu.py
+
+bench: bench-train bench-sample  ## every CPU benchmark
 
 install-bench:  ## add the optional peer library (diffusers) that make bench compares against
 	$(PY) -m pip install -e ".[dev,bench]"

@@ -73,3 +73,33 @@ def test_groupnorm_channels_must_divide():
             num_groups=8,
             attn_resolutions=(),
         )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_attention_is_multi_head_softmax_attention(num_heads, channels_last):
+    """AttnBlock = x + proj(concat_h softmax(q_h k_h^T / sqrt(d)) v_h) with q, k, v the 1x1 convolution of GN(x)."""
+    from ddpm.models.layers import AttnBlock
+
+    torch.manual_seed(0)
+    block = AttnBlock(16, num_heads, num_groups=4).double()
+    torch.nn.init.normal_(block.proj.weight)  # zero-initialised: the block would be the identity
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    if channels_last:
+        block, x = (
+            block.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    d = 16 // num_heads
+    q, k, v = (
+        torch.nn.functional.conv2d(block.norm(x), block.qkv.weight, block.qkv.bias).flatten(2).chunk(3, dim=1)
+    )
+    heads = []
+    for h in range(num_heads):
+        qh, kh, vh = (m[:, h * d : (h + 1) * d] for m in (q, k, v))  # [B, d, HW]
+        weights = torch.softmax(qh.transpose(1, 2) @ kh / d**0.5, dim=-1)  # [B, HW, HW]
+        heads.append(vh @ weights.transpose(1, 2))  # [B, d, HW]
+    expected = x + torch.nn.functional.conv2d(
+        torch.cat(heads, 1).view(2, 16, 4, 4), block.proj.weight, block.proj.bias
+    )
+    torch.testing.assert_close(block(x), expected)

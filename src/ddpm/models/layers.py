@@ -70,11 +70,14 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, d]
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        # tokens [B, HW, C]: a view of channels_last activations; q, k, v and the heads come out with the head
+        # dimension contiguous, whatever the memory format, which is what the fused attention kernels want
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # the 1x1 convolution as one matmul
+        q, k, v = qkv.view(b, h * w, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Module):
