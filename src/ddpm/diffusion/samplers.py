@@ -51,7 +51,7 @@ def compiled_network(model: Model, device: torch.device) -> Model:
     On CUDA the mode is "reduce-overhead": each network call replays a captured CUDA graph, so the thousand calls of
     a DDPM chain cost no Python or kernel-launch time. Elsewhere it is plain torch.compile (on this project's CPU it
     takes minutes to compile and does not pay; it is there so the GPU path runs, and is tested, everywhere).
-    Compiling the same network again is cheap: torch keeps the compiled code (and CUDA graphs) of its forward.
+    Wrapping the same network again does not compile it again: torch caches the compiled code of its forward.
     """
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 

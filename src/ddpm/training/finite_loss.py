@@ -9,7 +9,7 @@ from torch import Tensor
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops instead of updating the weights with it."""
+    """The loss became NaN or infinite; training stops before any weights updated with it are saved."""
 
 
 class FiniteLossCheck:
