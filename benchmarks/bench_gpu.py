@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sample import TimedNetwork, fmt  # noqa: E402
+from bench_train import fit_seconds_per_step  # noqa: E402
 
 from ddpm.cli.compose import compose_config  # noqa: E402
 from ddpm.cli.train import build_module  # noqa: E402
@@ -37,36 +38,11 @@ def sync(device: torch.device) -> None:
 
 
 def train_steps_per_s(cfg, device, batch: int, warmup: int, steps: int, compile: bool) -> float:
-    """Optimizer steps/s through L.Trainer, timed between the starts of step `warmup` and `warmup + steps`."""
-    import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
-
+    """Optimizer steps/s through L.Trainer (the configured precision on CUDA, fp32 elsewhere)."""
     cfg.model.compile = compile
-    module = build_module(cfg)
-    total = warmup + steps + 1
-    size, channels = cfg.data.image_size, cfg.data.channels
-    data = TensorDataset(torch.rand(batch * total, channels, size, size) * 2 - 1)
-    stamps: list[float] = []
-
-    class Stamp(L.Callback):
-        def on_train_batch_start(self, *a):
-            sync(device)
-            stamps.append(time.perf_counter())
-
-    L.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision=cfg.trainer.precision if device.type == "cuda" else "32-true",
-        max_steps=total,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        gradient_clip_val=1.0,
-        callbacks=[Stamp()],
-    ).fit(module, DataLoader(data, batch_size=batch, drop_last=True, pin_memory=device.type == "cuda"))
-    return steps / (stamps[warmup + steps] - stamps[warmup])
+    precision = cfg.trainer.precision if device.type == "cuda" else "32-true"
+    shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    return 1 / fit_seconds_per_step(build_module(cfg), shape, batch, warmup, steps, device, precision)
 
 
 def sample_images_per_s(module, sampler, batch: int, device, repeats: int) -> tuple[list[float], float]:

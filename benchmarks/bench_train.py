@@ -100,26 +100,38 @@ def per_step(stamps: list[float], warmup: int, steps: int) -> float:
 
 
 def time_lightning(net, size, channels, args) -> float:
-    import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
-
     from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
     from ddpm.training import DiffusionModule
 
-    total = args.warmup + args.steps + 1
     module = DiffusionModule(
         net, GaussianDiffusion(make_beta_schedule("linear", 1000)), lr=2e-4, warmup_steps=100
     )
-    data = TensorDataset(torch.rand(BATCH * total, channels, size, size) * 2 - 1)
+    return fit_seconds_per_step(module, (channels, size, size), BATCH, args.warmup, args.steps)
+
+
+def fit_seconds_per_step(
+    module, image_shape, batch: int, warmup: int, steps: int, device: str = "cpu", precision="32-true"
+) -> float:
+    """Seconds per optimizer step of L.Trainer.fit on random images, between the starts of step `warmup` and
+    `warmup + steps` (the device is synchronised before each time stamp)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    device = torch.device(device)
+    total = warmup + steps + 1
+    data = TensorDataset(torch.rand(batch * total, *image_shape) * 2 - 1)
     stamps: list[float] = []
 
     class Stamp(L.Callback):
         def on_train_batch_start(self, *a):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             stamps.append(time.perf_counter())
 
-    trainer = L.Trainer(
-        accelerator="cpu",
+    L.Trainer(
+        accelerator=device.type,
         devices=1,
+        precision=precision,
         max_steps=total,
         logger=False,
         enable_checkpointing=False,
@@ -128,9 +140,11 @@ def time_lightning(net, size, channels, args) -> float:
         limit_val_batches=0,
         gradient_clip_val=1.0,
         callbacks=[Stamp()],
+    ).fit(
+        module,
+        DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=device.type == "cuda"),
     )
-    trainer.fit(module, DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True))
-    return per_step(stamps, args.warmup, args.steps)
+    return per_step(stamps, warmup, steps)
 
 
 def time_plain(net, size, channels, args) -> float:
