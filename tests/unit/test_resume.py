@@ -27,7 +27,7 @@ class RecordBatches(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _fit(tmp_path, max_steps, ckpt_path=None):
+def _fit(tmp_path, max_steps, ckpt_path=None, every_n_train_steps=1, callbacks=()):
     cfg = compose_config(
         ROOT / "conf", "train", [*TINY, "logger=none", f"trainer.max_steps={max_steps}"], tmp_path
     )
@@ -35,10 +35,12 @@ def _fit(tmp_path, max_steps, ckpt_path=None):
     module = build_module(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     record = RecordBatches()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps
+    )
     trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=[record, ckpt],
+        callbacks=[record, ckpt, *callbacks],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -141,3 +143,55 @@ def test_a_restarted_run_resumes_from_the_newest_checkpoint_in_its_own_folder(tm
     assert resume_path(cfg) == str(hpc)
     cfg.ckpt_path = "/given.ckpt"
     assert resume_path(cfg) == "/given.ckpt"
+
+
+def test_a_checkpoint_that_does_not_fit_is_named_by_its_first_difference():
+    from ddpm.cli.checkpoint import state_dict_mismatch
+
+    model = {"a.weight": torch.zeros(4, 3), "a.bias": torch.zeros(4)}
+    assert state_dict_mismatch(model, {k: v.clone() for k, v in model.items()}) is None
+    assert state_dict_mismatch(model, {"a.weight": torch.zeros(4, 3)}) == "1 missing key(s), e.g. a.bias"
+    extra = state_dict_mismatch(model, {**model, "b.weight": torch.zeros(1)})
+    assert extra == "1 unexpected key(s), e.g. b.weight"
+    wrong = state_dict_mismatch(model, {"a.weight": torch.zeros(8, 3), "a.bias": torch.zeros(4)})
+    assert wrong == "size mismatch for a.weight: (8, 3) in the checkpoint, (4, 3) in the model"
+
+
+def test_the_resume_check_reads_shapes_only_and_leaves_the_weights_to_the_trainer(tmp_path):
+    from ddpm.cli.checkpoint import check_resume
+
+    _fit(tmp_path / "a", 2)
+    last = tmp_path / "a" / "ckpt" / "last.ckpt"
+    fresh = build_module(compose_config(ROOT / "conf", "train", [*TINY, "logger=none"], tmp_path))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    check_resume(fresh, last)  # fits: no error, and nothing loaded
+    changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed
+    other = build_module(
+        compose_config(ROOT / "conf", "train", [*TINY, "logger=none", "model.base_channels=16"], tmp_path)
+    )
+    with pytest.raises(
+        ConfigError, match="does not match the model of this run's config \\(size mismatch for"
+    ):
+        check_resume(other, last)
+
+
+class RecordSaves(L.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize(("max_steps", "saved_at"), [(4, [2, 4]), (5, [2, 4, 5])])
+def test_last_checkpoint_is_written_at_the_end_once(tmp_path, max_steps, saved_at):
+    from ddpm.training import LastCheckpoint
+
+    saves = RecordSaves()
+    last = LastCheckpoint(dirpath=str(tmp_path / "ckpt"))
+    _fit(tmp_path, max_steps, every_n_train_steps=2, callbacks=[saves, last])
+    assert (
+        saves.steps == saved_at
+    )  # at the end: by ModelCheckpoint if it saved at that step, else by LastCheckpoint
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == max_steps

@@ -11,13 +11,16 @@ from ddpm.errors import ConfigError
 from ddpm.training import DiffusionModule
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict written by train.py; ConfigError on a missing or corrupt file or one without a config."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The checkpoint dict written by train.py; ConfigError on a missing or corrupt file or one without a config.
+
+    mmap=True maps the tensors instead of reading them: their shapes are known at once, their bytes are read only
+    when touched."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist: set ckpt_path to a .ckpt file written by train.py")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:
         raise ConfigError(
             f"checkpoint {p} could not be read ({type(e).__name__}): the file is corrupt or not a PyTorch "
@@ -29,17 +32,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_weights(module: DiffusionModule, ckpt: dict, path: str | Path, model: str, remedy: str) -> None:
-    """Load the checkpoint's weights into module; ConfigError naming `model` and ending with `remedy` if they do not fit."""
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise ConfigError(
-            f"checkpoint {path} does not match the model {model} ({first[0] if first else e}): {remedy}"
-        ) from e
-
-
 def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, DictConfig]:
     """(module with trained and EMA weights, the run's config); ConfigError on a missing, corrupt or mismatched file."""
     from ddpm.cli.train import build_module  # the same builder as training: one definition of the model
@@ -47,13 +39,13 @@ def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, DictConfig]:
     ckpt = read_checkpoint(path)
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
     module = build_module(cfg)
-    load_weights(
-        module,
-        ckpt,
-        path,
-        "described by its own config",
-        "it was written by a different version of the code",
-    )
+    problem = state_dict_mismatch(module.state_dict(), ckpt["state_dict"])
+    if problem:
+        raise ConfigError(
+            f"checkpoint {path} does not match the model described by its own config ({problem}): "
+            "it was written by a different version of the code"
+        )
+    module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return module, cfg
 
@@ -68,12 +60,28 @@ def find_last_checkpoint(runs_dir: str | Path) -> Path:
     return found[-1]
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `found` from loading strictly into a module whose state dict is `expected` (None: it fits)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing key(s), e.g. {missing[0]}"] if missing else []
+        parts += [f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}"] if unexpected else []
+        return "; ".join(parts)
+    for k, v in expected.items():
+        if tuple(found[k].shape) != tuple(v.shape):
+            return f"size mismatch for {k}: {tuple(found[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+    return None
+
+
 def check_resume(module: DiffusionModule, path: str | Path) -> None:
-    """Fail now, with one sentence, if the checkpoint to resume from cannot be read or does not fit the model."""
-    load_weights(
-        module,
-        read_checkpoint(path),
-        path,
-        "of this run's config",
-        "resume with the model settings of the run that wrote it",
-    )
+    """Fail now, with one sentence, if the checkpoint to resume from cannot be read or does not fit the model.
+
+    Only names and shapes are compared, on a memory-mapped file: the weights themselves are read once, by the Trainer.
+    """
+    problem = state_dict_mismatch(module.state_dict(), read_checkpoint(path, mmap=True)["state_dict"])
+    if problem:
+        raise ConfigError(
+            f"checkpoint {path} does not match the model of this run's config ({problem}): "
+            "resume with the model settings of the run that wrote it"
+        )

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,17 @@ class LastCheckpoint(L.Callback):
         self.dirpath, self.filename = dirpath, filename
         self.saved: Path | None = None  # the last file written
 
+    def path(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+
     def save(self, trainer: L.Trainer) -> Path:
-        self.saved = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+        self.saved = self.path(trainer)
         trainer.save_checkpoint(self.saved)
         return self.saved
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer)
+        if not written_at_this_step(trainer, self.path(trainer)):
+            self.save(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.received_sigterm:
@@ -51,3 +56,16 @@ class LastCheckpoint(L.Callback):
                     path,
                     path,
                 )
+
+
+def written_at_this_step(trainer: L.Trainer, path: Path) -> bool:
+    """Whether a ModelCheckpoint already wrote `path` as its last checkpoint at the trainer's current step (a run
+    whose max_steps is a multiple of the checkpoint interval): writing it again would repeat the same weights, EMA,
+    optimizer state and step."""
+    return any(
+        isinstance(cb, ModelCheckpoint)
+        and cb.last_model_path
+        and Path(cb.last_model_path).resolve() == path.resolve()
+        and cb._last_global_step_saved == trainer.global_step
+        for cb in trainer.checkpoint_callbacks
+    )
