@@ -162,8 +162,9 @@ class PointwiseNet(torch.nn.Module):
 
 def lightning_cost(size: int, channels: int, warmup: int = 20, steps: int = 200) -> float:
     """Seconds per step that the Trainer adds to the plain loop, whatever the network: the step time of Lightning minus
-    that of the plain loop, both around a network that costs nothing, over many steps (a few ms each, so the machine's
-    drift, which swamps a 3% difference between two 2-second steps, does not enter)."""
+    that of the faster of two plain-loop runs (so the estimate errs high), all around a network that costs nothing,
+    over many steps (a few ms each, so the machine's drift, which swamps a 3% difference between two 2-second steps,
+    does not enter)."""
     from types import SimpleNamespace
 
     args = SimpleNamespace(warmup=warmup, steps=steps)

@@ -31,3 +31,30 @@ def test_bench_gpu_prints_its_table_on_cpu(tmp_path, fid_weights, monkeypatch):
     assert "img/s" in rows["sampling ddpm100"] and "outside the network" in rows["sampling ddpm100"]
     assert "img/s" in rows["sampling ddim50"]
     assert "s Inception" in rows["FID of 4 DDIM-50 samples"]
+
+
+def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
+    import re
+
+    proc = run_script(
+        "benchmarks/bench_train.py", "--rows", "ours", "ours_plain", "--rounds=1", "--warmup=1", "--steps=1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    for label in (
+        "ours, matched config, LightningModule + Trainer",
+        "ours, matched config, plain PyTorch loop",
+    ):
+        params, gflop, img_s = (c.strip() for c in rows[label][:3])
+        assert params == "1.62M" and gflop == "48.0"  # the peer's size, as the README says
+        assert float(img_s.split()[0]) > 0
+    cost = re.search(r"Lightning's own cost per step .*?: (-?[\d.]+) .* ms, i.e. (-?[\d.]+) ", proc.stdout)
+    assert cost, proc.stdout
+    ms, share = float(cost.group(1)), float(cost.group(2))
+    assert abs(ms) < 1000 and abs(share) < 100  # a per-step difference in ms, and its share of a real step
+    assert "Lightning overhead, across rows" in proc.stdout
