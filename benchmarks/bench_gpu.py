@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sample import TimedNetwork, fmt  # noqa: E402
-from bench_train import fit_seconds_per_step  # noqa: E402
+from bench_train import fit_seconds_per_step, sync  # noqa: E402
 
 from ddpm.cli.compose import compose_config  # noqa: E402
 from ddpm.cli.train import build_module  # noqa: E402
@@ -30,11 +30,6 @@ from ddpm.diffusion import make_sampler  # noqa: E402
 from ddpm.metrics import fid_images, make_fid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train_steps_per_s(cfg, device, batch: int, warmup: int, steps: int, compile: bool) -> float:
