@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
+# extra options of benchmarks/bench_train.py, e.g. make bench-train BENCH_TRAIN_ARGS="--isa avx2 --rounds 3"
+BENCH_TRAIN_ARGS ?=
 
 .PHONY: help install install-bench train test test-all lint format clean bench bench-train bench-sample bench-gpu
 
@@ -27,7 +29,7 @@ bench-sample:  ## sampler and FID-feature throughput table (DDPM-1000 vs DDIM-10
 	$(PY) benchmarks/bench_sample.py
 
 bench-train:  ## training / inference throughput table: ours (Lightning and plain loop) vs diffusers, conv ceiling
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
 bench-gpu:  ## the paper's CIFAR-10 model on one GPU: training steps/s, DDPM-1000 / DDIM-50 img/s, 10k-sample FID time
 	$(PY) benchmarks/bench_gpu.py

@@ -13,6 +13,11 @@ the median over rounds (min–max); a ratio between two rows is the median of th
 measurements taken a minute apart. Lightning's overhead is measured two ways: as that ratio between the `ours` and
 `ours_plain` rows (noisy: a 3% difference between 2-second steps a minute apart), and directly, as the per-step time
 the Trainer adds to a plain loop around a network that costs nothing, over 200 steps.
+
+The table's header names the instruction set the rows ran with (torch.backends.cpu.get_cpu_capability()): this
+project's machines vary between AVX2 and AVX-512, and the convolutions, hence our figures, follow it. --isa avx2
+runs every row with oneDNN, ATen and MKL held to AVX2 (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY,
+MKL_ENABLE_INSTRUCTIONS), to measure on an AVX-512 machine what an AVX2 one does.
 """
 
 from __future__ import annotations
@@ -235,7 +240,8 @@ def measure(name: str, args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     if name == "ceiling":
-        return {"name": name, "gflops": conv_ceiling(args), "rss_mb": peak_rss_mb()}
+        isa = torch.backends.cpu.get_cpu_capability()
+        return {"name": name, "gflops": conv_ceiling(args), "rss_mb": peak_rss_mb(), "isa": isa}
     net, size, channels = make_net(name)
     row = {
         "name": name,
@@ -243,6 +249,7 @@ def measure(name: str, args) -> dict:
         "flops": forward_flops(net, size, channels),
         "size": size,
         "channels": channels,
+        "isa": torch.backends.cpu.get_cpu_capability(),
     }
     if name in ("ours_plain", "ours_exact", "diffusers"):
         row["train_s"] = time_plain(net, size, channels, args)
@@ -273,6 +280,12 @@ def main() -> None:
     parser.add_argument(
         "--rows", nargs="*", default=["ours", "ours_plain", "ours_exact", "diffusers", "default", "ceiling"]
     )
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISA_ENV),
+        default="native",
+        help="instruction set the rows may use (see above)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -292,7 +305,7 @@ def main() -> None:
         for name in names:
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", name, f"--warmup={args.warmup}", f"--steps={args.steps}"],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, env={**os.environ, **ISA_ENV[args.isa]},
             )  # fmt: skip
             if proc.returncode:
                 sys.exit(f"row {name} failed:\n{proc.stderr[-3000:]}")
@@ -301,6 +314,13 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} measured", file=sys.stderr)
     report(rounds, args)
 
+
+# environment that holds oneDNN (convolutions), ATen (element-wise kernels, attention) and MKL (matmuls) to an ISA;
+# read when torch loads, so it applies to the subprocess of each row
+ISA_ENV = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 
 LABELS = {
     "ours": "ours, matched config, LightningModule + Trainer",
@@ -320,8 +340,10 @@ def report(rounds: list[dict], args) -> None:
         return [r[b][key] / r[a][key] for r in rounds if a in r and b in r]
 
     first = rounds[0]
+    isa = sorted({row["isa"] for r in rounds for row in r.values()})
     print(
-        f"\nbatch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}; median (min–max) over "
+        f"\nbatch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU kernels {'/'.join(isa)}"
+        f"{' (held to AVX2: --isa avx2)' if args.isa == 'avx2' else ''}; median (min–max) over "
         f"{len(rounds)} interleaved rounds of {args.steps} timed steps after {args.warmup} warm-up steps\n"
     )
     print(

@@ -1,6 +1,8 @@
-"""The GPU benchmark script runs end to end (here on the CPU, with a tiny model and small counts)."""
+"""The benchmark scripts run end to end (the GPU one here on the CPU, with a tiny model and small counts)."""
 
 from __future__ import annotations
+
+import torch
 
 from tests.integration.conftest import run_script
 
@@ -58,3 +60,16 @@ def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
     ms, share = float(cost.group(1)), float(cost.group(2))
     assert abs(ms) < 1000 and abs(share) < 100  # a per-step difference in ms, and its share of a real step
     assert "Lightning overhead, across rows" in proc.stdout
+    # the header names the instruction set the rows ran with, since this project's machines vary
+    assert f"CPU kernels {torch.backends.cpu.get_cpu_capability()};" in proc.stdout
+
+
+def test_bench_train_holds_rows_to_avx2(tmp_path):
+    """--isa avx2 runs each row's subprocess with oneDNN, ATen and MKL held to AVX2, and the header says so."""
+    proc = run_script(
+        "benchmarks/bench_train.py", "--rows", "ceiling", "--isa=avx2", "--rounds=1", "--warmup=1", "--steps=1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CPU kernels AVX2 (held to AVX2: --isa avx2);" in proc.stdout
+    assert float(proc.stdout.split("channels_last, fwd+bwd: ")[1].split()[0]) > 0
