@@ -35,18 +35,21 @@ def test_bench_gpu_prints_its_table_on_cpu(tmp_path, fid_weights, monkeypatch):
     assert "s Inception" in rows["FID of 4 DDIM-50 samples"]
 
 
+def bench_train(tmp_path, *args: str) -> str:
+    """stdout of one quick round of benchmarks/bench_train.py (one warm-up and one timed step per row)."""
+    proc = run_script(
+        "benchmarks/bench_train.py", *args, "--rounds=1", "--warmup=1", "--steps=1", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
     import re
 
-    proc = run_script(
-        "benchmarks/bench_train.py", "--rows", "ours", "ours_plain", "--rounds=1", "--warmup=1", "--steps=1",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = bench_train(tmp_path, "--rows", "ours", "ours_plain")
     rows = {
-        line.split("|")[1].strip(): line.split("|")[2:]
-        for line in proc.stdout.splitlines()
-        if line.startswith("| ")
+        line.split("|")[1].strip(): line.split("|")[2:] for line in out.splitlines() if line.startswith("| ")
     }
     for label in (
         "ours, matched config, LightningModule + Trainer",
@@ -55,21 +58,17 @@ def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
         params, gflop, img_s = (c.strip() for c in rows[label][:3])
         assert params == "1.62M" and gflop == "48.0"  # the peer's size, as the README says
         assert float(img_s.split()[0]) > 0
-    cost = re.search(r"Lightning's own cost per step .*?: (-?[\d.]+) .* ms, i.e. (-?[\d.]+) ", proc.stdout)
-    assert cost, proc.stdout
+    cost = re.search(r"Lightning's own cost per step .*?: (-?[\d.]+) .* ms, i.e. (-?[\d.]+) ", out)
+    assert cost, out
     ms, share = float(cost.group(1)), float(cost.group(2))
     assert abs(ms) < 1000 and abs(share) < 100  # a per-step difference in ms, and its share of a real step
-    assert "Lightning overhead, across rows" in proc.stdout
+    assert "Lightning overhead, across rows" in out
     # the header names the instruction set the rows ran with, since this project's machines vary
-    assert f"CPU kernels {torch.backends.cpu.get_cpu_capability()};" in proc.stdout
+    assert f"CPU kernels {torch.backends.cpu.get_cpu_capability()};" in out
 
 
 def test_bench_train_holds_rows_to_avx2(tmp_path):
     """--isa avx2 runs each row's subprocess with oneDNN, ATen and MKL held to AVX2, and the header says so."""
-    proc = run_script(
-        "benchmarks/bench_train.py", "--rows", "ceiling", "--isa=avx2", "--rounds=1", "--warmup=1", "--steps=1",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "CPU kernels AVX2 (held to AVX2: --isa avx2);" in proc.stdout
-    assert float(proc.stdout.split("channels_last, fwd+bwd: ")[1].split()[0]) > 0
+    out = bench_train(tmp_path, "--rows", "ceiling", "--isa=avx2")
+    assert "CPU kernels AVX2 (held to AVX2: --isa avx2);" in out
+    assert float(out.split("channels_last, fwd+bwd: ")[1].split()[0]) > 0
