@@ -239,8 +239,8 @@ def conv_ceiling(args) -> float:
 def measure(name: str, args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    isa = torch.backends.cpu.get_cpu_capability()  # what ATen dispatches to: AVX2, AVX512, ...
     if name == "ceiling":
-        isa = torch.backends.cpu.get_cpu_capability()
         return {"name": name, "gflops": conv_ceiling(args), "rss_mb": peak_rss_mb(), "isa": isa}
     net, size, channels = make_net(name)
     row = {
@@ -249,7 +249,7 @@ def measure(name: str, args) -> dict:
         "flops": forward_flops(net, size, channels),
         "size": size,
         "channels": channels,
-        "isa": torch.backends.cpu.get_cpu_capability(),
+        "isa": isa,
     }
     if name in ("ours_plain", "ours_exact", "diffusers"):
         row["train_s"] = time_plain(net, size, channels, args)
