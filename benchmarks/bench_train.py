@@ -36,6 +36,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
+LIGHTNING_COST_STEPS = 200  # steps of each run that measures Lightning's own cost
+
+# environment that holds oneDNN (convolutions), ATen (element-wise kernels, attention) and MKL (matmuls) to an ISA;
+# read when torch loads, so it applies to the subprocess of each row
+ISA_ENV = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 
 # our UNet matched to the peer's size: the same layers, parameters (1,623,169) and FLOPs as diffusers' UNet2DModel
 # below, with DDPM's attention (one head) and GroupNorm (4 channels per group at this width)
@@ -170,7 +178,7 @@ class PointwiseNet(torch.nn.Module):
         return self.conv(x)
 
 
-def lightning_cost(size: int, channels: int, warmup: int = 20, steps: int = 200) -> float:
+def lightning_cost(size: int, channels: int, warmup: int = 20, steps: int = LIGHTNING_COST_STEPS) -> float:
     """Seconds per step that the Trainer adds to the plain loop, whatever the network: the step time of Lightning minus
     that of the faster of two plain-loop runs (so the estimate errs high), all around a network that costs nothing,
     over many steps (a few ms each, so the machine's drift, which swamps a 3% difference between two 2-second steps,
@@ -315,13 +323,6 @@ def main() -> None:
     report(rounds, args)
 
 
-# environment that holds oneDNN (convolutions), ATen (element-wise kernels, attention) and MKL (matmuls) to an ISA;
-# read when torch loads, so it applies to the subprocess of each row
-ISA_ENV = {
-    "native": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
-
 LABELS = {
     "ours": "ours, matched config, LightningModule + Trainer",
     "ours_plain": "ours, matched config, plain PyTorch loop",
@@ -366,7 +367,8 @@ def report(rounds: list[dict], args) -> None:
         cost = series("ours", "lightning_cost_s")
         share = [100 * c / (r["ours"]["train_s"] - c) for c, r in zip(cost, rounds, strict=True)]
         print(
-            f"Lightning's own cost per step (Trainer minus plain loop around a network that costs nothing, 200 steps):"
+            "Lightning's own cost per step (Trainer minus plain loop around a network that costs nothing, "
+            f"{LIGHTNING_COST_STEPS} steps):"
             f" {fmt([1e3 * c for c in cost], 2)} ms, i.e. {fmt(share, 2)} % of the matched config's step"
         )
     if "ours" in first and "ours_plain" in first:
