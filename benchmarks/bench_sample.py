@@ -18,6 +18,7 @@ import torch
 from ddpm.cli.compose import compose_config
 from ddpm.cli.train import build_module
 from ddpm.diffusion import make_sampler
+from ddpm.host_memory import retain_freed_memory
 from ddpm.metrics import fid_images, make_fid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
+    retain_freed_memory()  # as sample.py and evaluate.py do
 
     cfg = compose_config(ROOT / "conf", "train", args.overrides)
     module = build_module(cfg).eval()

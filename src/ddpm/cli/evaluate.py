@@ -18,6 +18,7 @@ from ddpm.cli.checkpoint import load_checkpoint
 from ddpm.cli.errors import building, exit_on_config_error
 from ddpm.diffusion import make_sampler
 from ddpm.errors import ConfigError
+from ddpm.host_memory import retain_freed_memory
 from ddpm.metrics import fid_key, make_fid
 from ddpm.training.callbacks import fid_of_samples, install_reference
 
@@ -29,6 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
+    retain_freed_memory()  # no page faults on each batch's activations: see ddpm.host_memory
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")

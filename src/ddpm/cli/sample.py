@@ -16,6 +16,7 @@ from ddpm.cli.checkpoint import load_checkpoint
 from ddpm.cli.errors import building, exit_on_config_error
 from ddpm.diffusion import make_sampler
 from ddpm.errors import ConfigError
+from ddpm.host_memory import retain_freed_memory
 from ddpm.training import to_unit_interval
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
+    retain_freed_memory()  # no page faults on each batch's activations: see ddpm.host_memory
     if cfg.n < 1 or cfg.batch_size < 1:
         raise ConfigError("n and batch_size must be at least 1")
     module, run_cfg = load_checkpoint(cfg.ckpt_path)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Sampler
+from ddpm.host_memory import retain_freed_memory
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
 
@@ -56,6 +57,9 @@ class DiffusionModule(L.LightningModule):
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        retain_freed_memory()  # no page faults on each step's activations: see ddpm.host_memory
+
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
 
