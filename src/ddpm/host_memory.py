@@ -3,10 +3,10 @@
 glibc's malloc hands blocks above its mmap threshold (128 KiB at start, adapted upwards as blocks are freed) to the
 kernel on free, and trims the top of its heap above a trim threshold. A CPU training step allocates and frees the
 same few hundred MB of activations and gradients every step, so by default each step maps them in again: on this
-project's 2-core machines, the matched UNet of benchmarks/bench_train.py took ~75,000 minor page faults and ~0.12 s of
-kernel time per 1 s step. With blocks up to glibc's largest mmap threshold (32 MiB on 64-bit) served from the heap
-and the heap never trimmed, later steps take no page faults; the process keeps its peak footprint, which a training
-run reaches in its first step anyway.
+project's 2-core machines, the matched UNet of benchmarks/bench_train.py took ~75,000 minor page faults (each a
+fresh zeroed page from the kernel) and ~0.12 s of kernel time per 1.1 s step. With blocks up to glibc's largest mmap
+threshold (32 MiB on 64-bit) served from the heap and the heap trimmed only above 2 GiB free, later steps take no
+page faults; the process keeps its peak footprint, which a training run reaches in its first step anyway.
 """
 
 from __future__ import annotations
