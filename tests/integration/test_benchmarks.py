@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from tests.integration.conftest import run_script
@@ -45,8 +48,6 @@ def bench_train(tmp_path, *args: str) -> str:
 
 
 def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
-    import re
-
     out = bench_train(tmp_path, "--rows", "ours", "ours_plain")
     rows = {
         line.split("|")[1].strip(): line.split("|")[2:] for line in out.splitlines() if line.startswith("| ")
@@ -72,3 +73,23 @@ def test_bench_train_holds_rows_to_avx2(tmp_path):
     out = bench_train(tmp_path, "--rows", "ceiling", "--isa=avx2")
     assert "CPU kernels AVX2 (held to AVX2: --isa avx2);" in out
     assert float(out.split("channels_last, fwd+bwd: ")[1].split()[0]) > 0
+
+
+def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
+    """With the bench extra: the peer at the matched size, in a plain process and with our allocator setting."""
+    pytest.importorskip(
+        "diffusers", reason="the peer library comes with the bench extra (make install-bench)"
+    )
+    out = bench_train(tmp_path, "--rows", "ours_plain", "diffusers", "diffusers_retained")
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:] for line in out.splitlines() if line.startswith("| ")
+    }
+    for label in (
+        "diffusers UNet2DModel, plain PyTorch loop",
+        "diffusers UNet2DModel, plain PyTorch loop, freed memory retained as ours",
+    ):
+        params, gflop = (c.strip() for c in rows[label][:2])
+        assert params == "1.62M" and gflop == "48.0"  # the size our matched config is matched to
+    like = re.search(r"Like for like .*: training ours / diffusers ([\d.]+) .*evaluations/s ([\d.]+) ", out)
+    assert like and float(like.group(1)) > 0 and float(like.group(2)) > 0, out
+    assert re.search(r"diffusers with freed memory retained / in a plain process: [\d.]+ ", out), out
