@@ -18,6 +18,15 @@ TINY_MODEL = [
 ]
 
 
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """A printed markdown table: each row's first cell -> the cells after it."""
+    return {
+        line.split("|")[1].strip(): line.split("|")[2:]
+        for line in stdout.splitlines()
+        if line.startswith("| ")
+    }
+
+
 def test_bench_gpu_prints_its_table_on_cpu(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     proc = run_script(
@@ -27,11 +36,7 @@ def test_bench_gpu_prints_its_table_on_cpu(tmp_path, fid_weights, monkeypatch):
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2]
-        for line in proc.stdout.splitlines()
-        if line.startswith("| ")
-    }
+    rows = {label: cells[0] for label, cells in table_rows(proc.stdout).items()}
     assert "steps/s" in rows["training, Lightning"]
     assert "img/s" in rows["sampling ddpm100"] and "outside the network" in rows["sampling ddpm100"]
     assert "img/s" in rows["sampling ddim50"]
@@ -49,9 +54,7 @@ def bench_train(tmp_path, *args: str) -> str:
 
 def test_bench_train_measures_lightning_against_the_plain_loop(tmp_path):
     out = bench_train(tmp_path, "--rows", "ours", "ours_plain")
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2:] for line in out.splitlines() if line.startswith("| ")
-    }
+    rows = table_rows(out)
     for label in (
         "ours, matched config, LightningModule + Trainer",
         "ours, matched config, plain PyTorch loop",
@@ -81,9 +84,7 @@ def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
         "diffusers", reason="the peer library comes with the bench extra (make install-bench)"
     )
     out = bench_train(tmp_path, "--rows", "ours_plain", "diffusers", "diffusers_retained")
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2:] for line in out.splitlines() if line.startswith("| ")
-    }
+    rows = table_rows(out)
     for label in (
         "diffusers UNet2DModel, plain PyTorch loop",
         "diffusers UNet2DModel, plain PyTorch loop, freed memory retained as ours",
