@@ -397,15 +397,21 @@ def report(rounds: list[dict], args) -> None:
         print(
             f"Training throughput, ours through Lightning / diffusers in a plain loop: {fmt(ratio('ours', 'diffusers'), 2)}x"
         )
+    # like for like: the peer with the allocator setting ours has; without that row, say what is compared instead
     like = "diffusers_retained" if "diffusers_retained" in first else "diffusers"
+    basis = (
+        "like for like (plain loop, same allocator)"
+        if like == "diffusers_retained"
+        else "both in the plain loop (diffusers without our allocator setting)"
+    )
     if "ours_plain" in first and like in first:
         print(
-            f"Like for like (plain loop, same allocator): training ours / diffusers {fmt(ratio('ours_plain', like), 2)}x, "
+            f"{basis.capitalize()}: training ours / diffusers {fmt(ratio('ours_plain', like), 2)}x, "
             f"inference network evaluations/s {fmt(ratio('ours_plain', like, 'infer_s'), 2)}x"
         )
     if "ours_exact" in first and like in first:
         print(
-            "Training throughput at the peer's exact architecture, ours / diffusers, like for like: "
+            f"Training throughput at the peer's exact architecture, ours / diffusers, {basis}: "
             f"{fmt(ratio('ours_exact', like), 2)}x"
         )
     if "diffusers" in first and "diffusers_retained" in first:
