@@ -12,7 +12,6 @@ page faults; the process keeps its peak footprint, which a training run reaches 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 # mallopt(3) parameters of glibc's malloc.h
@@ -29,8 +28,7 @@ def retain_freed_memory() -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own malloc: glibc's, checked above
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; setting either fixes both thresholds (glibc stops adapting them)
     mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
