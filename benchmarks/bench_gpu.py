@@ -2,7 +2,7 @@
 
 Prints one markdown table for `experiment=ddpm_cifar10` (the 35.7M-parameter UNet, batch 128) on one device:
 training steps/s through our LightningModule + Trainer (bf16-mixed autocast, float32 diffusion math; eager and
-with model.compile=true), sampling img/s with DDPM-1000 and DDIM-50 (eager and with sampler.compile=true, i.e.
+with compile=true), sampling img/s with DDPM-1000 and DDIM-50 (eager and with sampler.compile=true, i.e.
 CUDA graphs), and the time of a 10k-sample FID (DDIM-50 samples + Inception features, reference statistics
 excluded). Random weights and random CIFAR-shaped data: speed does not depend on them.
 
@@ -24,17 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sample import TimedNetwork, fmt  # noqa: E402
 from bench_train import fit_seconds_per_step, sync  # noqa: E402
 
-from ddpm.cli.compose import compose_config  # noqa: E402
-from ddpm.cli.train import build_module  # noqa: E402
+from ddpm.build import build_module  # noqa: E402
+from ddpm.config import compose_config  # noqa: E402
 from ddpm.diffusion import make_sampler  # noqa: E402
-from ddpm.metrics import fid_images, make_fid  # noqa: E402
+from ddpm.host_memory import retain_freed_memory  # noqa: E402
+from ddpm.images import to_rgb_uint8  # noqa: E402
+from ddpm.metrics import make_fid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_steps_per_s(cfg, device, batch: int, warmup: int, steps: int, compile: bool) -> float:
     """Optimizer steps/s through L.Trainer (the configured precision on CUDA, fp32 elsewhere)."""
-    cfg.model.compile = compile
+    cfg.compile = compile
     precision = cfg.trainer.precision if device.type == "cuda" else "32-true"
     shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     return 1 / fit_seconds_per_step(build_module(cfg), shape, batch, warmup, steps, device, precision)
@@ -70,7 +72,7 @@ def fid_seconds(module, device, n: int, batch: int, weights: str | None) -> tupl
         images = module.sample(sampler, k)
         sync(device)
         t1 = time.perf_counter()
-        metric.update(fid_images(images), real=False)
+        metric.update(to_rgb_uint8(images), real=False)
         sync(device)
         sample_s, feature_s = sample_s + t1 - t0, feature_s + time.perf_counter() - t1
     return sample_s, feature_s
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--fid-batch", type=int, default=500)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args()
+    retain_freed_memory()  # as train.py, sample.py and evaluate.py do at start
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32, as train.py sets on CUDA
@@ -130,7 +133,7 @@ def main() -> None:
     print("|---|---|")
     for c, rate in train.items():
         print(
-            f"| training, Lightning{', model.compile=true' if c else ''} | {rate:.2f} steps/s ({rate * args.batch:.0f} img/s) |"
+            f"| training, Lightning{', compile=true' if c else ''} | {rate:.2f} steps/s ({rate * args.batch:.0f} img/s) |"
         )
     for label, rates, outside in rows:
         share = "" if outside != outside else f"; {outside * 100:.1f}% of the loop outside the network"

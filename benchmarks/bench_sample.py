@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ddpm.cli.compose import compose_config
-from ddpm.cli.train import build_module
+from ddpm.build import build_module
+from ddpm.config import compose_config
 from ddpm.diffusion import make_sampler
 from ddpm.host_memory import retain_freed_memory
-from ddpm.metrics import fid_images, make_fid
+from ddpm.images import to_rgb_uint8
+from ddpm.metrics import make_fid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,9 @@ def main() -> None:
         rows.append((sampler.label, nfe, per_image, nfe_per_s, outside))
 
     metric = make_fid(os.environ.get("DDPM_FID_WEIGHTS"))
-    images = fid_images(torch.rand(args.fid_images, net.in_channels, net.image_size, net.image_size) * 2 - 1)
+    images = to_rgb_uint8(
+        torch.rand(args.fid_images, net.in_channels, net.image_size, net.image_size) * 2 - 1
+    )
     fid_times = timed(lambda: metric.inception(images), 1)
 
     print(

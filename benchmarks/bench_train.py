@@ -68,9 +68,9 @@ MATCHED = dict(
 # the peer's exact architecture: diffusers' defaults are 8 attention heads of dimension 8 and 32 GroupNorm groups
 EXACT = {**MATCHED, "num_heads": 8, "num_groups": 32}
 
-# rows that set the allocator themselves (ours through Lightning gets it from DiffusionModule.setup); the ceiling
-# is the convolution at its best, so it is measured without page faults too
-RETAINED = {"ours_plain", "ours_exact", "diffusers_retained", "ceiling"}
+# rows run with the allocator setting train.py applies (ddpm.host_memory); the ceiling is the convolution at its
+# best, so it is measured without page faults too
+RETAINED = {"ours", "ours_plain", "ours_exact", "default", "diffusers_retained", "ceiling"}
 
 
 def make_net(name: str) -> tuple[torch.nn.Module, int, int]:
@@ -80,8 +80,8 @@ def make_net(name: str) -> tuple[torch.nn.Module, int, int]:
 
         return UNet(**(EXACT if name == "ours_exact" else MATCHED)), 32, 1
     if name == "default":
-        from ddpm.cli.compose import compose_config
-        from ddpm.cli.train import build_network
+        from ddpm.build import build_network
+        from ddpm.config import compose_config
 
         cfg = compose_config(ROOT / "conf", "train")
         return build_network(cfg), cfg.data.image_size, cfg.data.channels
@@ -258,7 +258,7 @@ def measure(name: str, args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     isa = torch.backends.cpu.get_cpu_capability()  # what ATen dispatches to: AVX2, AVX512, ...
-    if name in RETAINED:  # the Lightning rows: DiffusionModule.setup does the same
+    if name in RETAINED:  # as train.py, sample.py and evaluate.py do at start
         retain_freed_memory()
     if name == "ceiling":
         return {"name": name, "gflops": conv_ceiling(args), "rss_mb": peak_rss_mb(), "isa": isa}

@@ -1,4 +1,4 @@
-"""Shared test fixtures: offline W&B, few threads, paths to the shared offline assets."""
+"""Shared test fixtures: offline W&B, few threads, the shared offline assets (skipped with a reason when absent)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DDPM_SHARED", ROOT.parent / "shared"))
-MNIST_RAW = SHARED / "data" / "MNIST" / "raw"
+from tests.helpers.paths import FID_WEIGHTS, MNIST_RAW
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -22,9 +20,6 @@ def mnist_raw() -> Path:
     if not (MNIST_RAW / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST raw files not found under {MNIST_RAW} (set DDPM_SHARED to the shared/ folder)")
     return MNIST_RAW
-
-
-FID_WEIGHTS = SHARED / "assets" / "inception-2015-12-05-fid-features-only-nofc.pth"
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,10 @@ T = TypeVar("T")
 
 
 def progress_bar(
-    iterable: Iterable[T], *, enabled: bool = True, description: str = "", total: int | None = None
+    iterable: Iterable[T], description: str = "", *, enabled: bool = True, total: int | None = None
 ) -> Iterator[T]:
-    """Yield from `iterable`, drawing a rich progress bar on stderr when `enabled`."""
+    """Yield from `iterable`, drawing a rich progress bar on stderr when `enabled`. It fits the `progress` argument
+    of the samplers and the bound (`ddpm.diffusion`), which report progress through whatever they are given."""
     if not enabled:
         yield from iterable
         return

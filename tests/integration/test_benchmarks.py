@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.integration.conftest import run_script
+from tests.helpers.cli import run_script
 
 TINY_MODEL = [
     "model.base_channels=8",

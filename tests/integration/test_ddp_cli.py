@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tests.integration.conftest import TINY_FID
-from tests.wandb_files import find_offline_runs
+from tests.helpers.cli import TINY_FID
+from tests.helpers.wandb_files import find_offline_runs
 
 
 def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weights, monkeypatch):
@@ -26,7 +26,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 4 and ckpt["ImageDataModule"]["batch_size"] == 8  # 16 split over 2 ranks
     (wb,) = find_offline_runs(run / "wandb")  # rank zero alone logs
-    fid = wb.values("val/fid_8_ddim2")
+    fid = wb.values("val/fid_8_ddim3")
     assert len(fid) == 2 and all(math.isfinite(v) and v > 0 for v in fid)
     # the checkpoint of the lowest FID, written once, with the best value kept for resuming
     best = torch.load(run / "checkpoints" / "best_fid.ckpt", weights_only=False, map_location="cpu")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from tests.integration.conftest import TINY, TINY_FID, run_script
-from tests.wandb_files import find_offline_runs
+from tests.helpers.cli import TINY, TINY_FID, run_script
+from tests.helpers.wandb_files import find_offline_runs
 
 
 def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
@@ -20,7 +20,7 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
-    assert len(run.values("val/fid_8_ddim2")) == 2 and run.values("val/samples/_type")
+    assert len(run.values("val/fid_8_ddim3")) == 2 and run.values("val/samples/_type")
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = run_script(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from tests.integration.conftest import TINY_FID
-from tests.wandb_files import find_offline_runs
+from tests.helpers.cli import TINY_FID
+from tests.helpers.wandb_files import find_offline_runs
 
 
 def test_validation_fid_is_logged_to_wandb(run_train, tmp_path, fid_weights, monkeypatch):
@@ -16,10 +16,10 @@ def test_validation_fid_is_logged_to_wandb(run_train, tmp_path, fid_weights, mon
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
-    values = run.values("val/fid_8_ddim2")
+    values = run.values("val/fid_8_ddim3")
     assert len(values) == 1 and math.isfinite(values[0]) and values[0] > 0
     assert run.values("val/samples/_type")  # the grid is logged alongside
-    cached = list((tmp_path / ".cache" / "fid").glob("mnist5k-held_out-28px-1ch-n16-*.pt"))
+    cached = list((tmp_path / ".cache" / "fid").glob("mnist5k-held_out-n16-*.pt"))
     assert len(cached) == 1  # reference statistics cached under the run root
 
 

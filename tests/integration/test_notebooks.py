@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
 

@@ -12,7 +12,8 @@ import time
 import torch
 
 from ddpm.training import ema_decay_at
-from tests.integration.conftest import ROOT, TINY, run_script
+from tests.helpers.cli import TINY, run_script
+from tests.helpers.paths import ROOT
 
 LONG = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.integration.conftest import run_script
+from tests.helpers.cli import run_script
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    from tests.integration.conftest import TINY
+    from tests.helpers.cli import TINY
 
     proc = run_script(
         "train.py", *TINY, "logger=none", "~callbacks.sample_grid", f"hydra.run.dir={root / 'run'}", cwd=root

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import cloudpickle
+import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
-from tests.integration.conftest import TINY, TINY_FID, run_script
-from tests.wandb_files import find_offline_runs
+from tests.helpers.cli import TINY, TINY_FID, run_script
+from tests.helpers.paths import ROOT
+from tests.helpers.wandb_files import find_offline_runs
 
 NARROW = [a for a in TINY if not a.startswith("model.base_channels")]
 
@@ -37,6 +40,34 @@ def test_grid_sweep_runs_every_combination_in_one_wandb_group(tmp_path):
     assert len({r.name for r in runs}) == 4 and all("schedule=" in r.name for r in runs)
 
 
+def test_grid_sweep_of_runs_that_never_validate_runs_every_job(tmp_path):
+    """A grid sweep needs no return value: jobs that end before their first validation (no val/loss) all run."""
+    sweep = tmp_path / "grid"
+    proc = run_script(
+        "train.py", "-m", *TINY, "trainer.val_check_interval=250", "trainer.max_steps=3", "logger=none",
+        f"hydra.sweep.dir={sweep}", "schedule=linear,cosine", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job in ("0", "1"):
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+        assert ckpt["global_step"] == 3
+    assert "optimized_metric=val/loss was not logged by this run" in proc.stdout + proc.stderr  # a warning
+
+
+def test_optuna_search_whose_trials_cannot_log_the_metric_stops_before_any_trains(tmp_path):
+    sweep = tmp_path / "optuna"
+    proc = run_script(
+        "train.py", *TINY, "hparams_search=fid_optuna", "trainer.val_check_interval=250", "trainer.max_steps=3",
+        f"hydra.sweep.dir={sweep}", "logger=none", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert (
+        "error: optimized_metric=val/fid is logged at validation, but trainer.max_steps=3 ends" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not list(sweep.rglob("*.ckpt"))
+
+
 def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     sweep = tmp_path / "optuna"
@@ -48,9 +79,22 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert math.isfinite(result["best_value"]) and result["best_value"] > 0  # the trials' val/fid_8_ddim2
-    assert {"optim.lr", "ema.decay", "schedule"} <= set(result["best_params"])
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]
+    # each trial returned its last validation FID (its CSV log); the search reports the smallest and its parameters
+    finals, params = [], []
+    for trial in ("0", "1"):
+        with open(next((sweep / trial).rglob("metrics.csv"))) as f:
+            fids = [float(r["val/fid_8_ddim3"]) for r in csv.DictReader(f) if r.get("val/fid_8_ddim3")]
+        assert len(fids) == 1 and math.isfinite(fids[0]) and fids[0] > 0
+        finals.append(fids[0])
+        overrides = yaml.safe_load((sweep / trial / ".hydra" / "overrides.yaml").read_text())
+        params.append(dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in result["best_params"]))
+    assert finals[0] != finals[1]  # the trials differ, so the choice below is a real one
+    assert result["best_value"] == pytest.approx(min(finals), rel=1e-6)
+    best = params[finals.index(min(finals))]
+    assert set(best) == {"optim.lr", "ema.decay", "schedule"}
+    for key, value in result["best_params"].items():
+        assert str(value) == best[key] or float(value) == pytest.approx(float(best[key]))
 
 
 def test_submitit_launcher_pickles_and_runs_the_job(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.wandb_files import find_offline_runs
+from tests.helpers.wandb_files import find_offline_runs
 
 
 def _ok(proc):
@@ -70,6 +70,12 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
         (["data=mnist"], "MNIST was not found under"),
         (["optim.lr=0"], "optim.lr must be positive"),
         (["model.num_heads=3"], "not divisible by num_heads=3"),
+        (["data.batch_size=abc"], "error: data.batch_size must be an integer, got 'abc'"),
+        (["optim.lr=fast"], "error: optim.lr must be a number, got 'fast'"),
+        (
+            ["trainer.devices=0"],
+            "error: invalid trainer config: `Trainer(devices=0)` value is not a valid input",
+        ),
     ],
 )
 def test_bad_config_ends_before_training_with_one_sentence(run_train, tmp_path, overrides, message):
@@ -81,6 +87,14 @@ def test_bad_config_ends_before_training_with_one_sentence(run_train, tmp_path, 
     assert (
         not (run / "checkpoints").exists() and not (run / "wandb").exists() and not (run / "samples").exists()
     )
+
+
+def test_a_non_finite_loss_ends_in_one_sentence_before_its_weights_are_saved(run_train, tmp_path):
+    proc = run_train("optim.lr=1e30", "optim.warmup_steps=0", "logger=none")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: the training loss became inf at step 1: lower optim.lr" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import torch_fidelity
 
 from ddpm.data import load_mnist5k
 from ddpm.errors import ConfigError
+from ddpm.images import to_rgb_uint8 as fid_images
 from ddpm.metrics import (
-    fid_images,
     fid_key,
     load_or_compute_reference,
     make_fid,
@@ -88,3 +88,47 @@ def test_reference_statistics_are_cached(fid_weights, digits, tmp_path):
 def test_missing_weights_file_is_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="do not exist: point fid weights_path or .DDPM_FID_WEIGHTS"):
         resolve_weights(str(tmp_path / "nope.pth"))
+
+
+def _digit_folder(root, digits, labels, wanted, n):
+    """n PNG files of MNIST-5k digits whose label is in `wanted`."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    chosen = [i for i in range(len(labels)) if int(labels[i]) in wanted][:n]
+    for k, i in enumerate(chosen):
+        Image.fromarray(digits[i, 0].numpy()).save(root / f"{k:03d}.png")
+    return root
+
+
+def test_reference_cache_is_keyed_by_the_images_not_the_folder_size(fid_weights, tmp_path):
+    """Two folders of 20 held-out images of the same size and count (digits 0-4 against 5-9): the same samples
+    get different FIDs, and each folder's statistics get their own cache file."""
+    from ddpm.data import ImageDataModule
+    from ddpm.metrics import install_reference
+
+    digits, labels = load_mnist5k()
+    samples = digits[:16].float() / 127.5 - 1
+    cache = tmp_path / "cache"
+    fids, n_files = [], []
+    for name, wanted in (("low", range(5)), ("high", range(5, 10))):
+        folder = _digit_folder(tmp_path / name, digits, labels, set(wanted), 40)
+        dm = ImageDataModule(
+            source="image_folder", root=str(folder), image_size=28, channels=1, val_fraction=0.5, split_seed=0
+        )
+        dm.setup("validate")
+        metric = make_fid(fid_weights)
+        assert install_reference(metric, dm, str(cache), None, fid_weights) == 20
+        metric.update(fid_images(samples), real=False)
+        fids.append(metric.compute().item())
+        n_files.append(len(list(cache.glob("*.pt"))))
+    assert n_files == [1, 2]  # the second folder did not reuse the first one's statistics
+    assert abs(fids[0] - fids[1]) > 1.0
+
+    # the same folder again reuses the cached statistics
+    again = ImageDataModule(source="image_folder", root=str(tmp_path / "low"), image_size=28, channels=1,
+                            val_fraction=0.5, split_seed=0)  # fmt: skip
+    again.setup("validate")
+    metric = make_fid(fid_weights)
+    install_reference(metric, again, str(cache), None, fid_weights)
+    assert len(list(cache.glob("*.pt"))) == 2

@@ -6,9 +6,10 @@ import platform
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -39,13 +40,16 @@ for _ in range(5):
     churn()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = 16
 PAGES_TOUCHED = 5 * BLOCKS * 8 * 2**20 // 4096  # by the 5 measured rounds
 
-TINY_FIT = """
-from tests.unit.test_module import loader, tiny_module, trainer
-trainer(max_steps=1).fit(tiny_module(), loader())
+TRAINING_RUN = """
+import tempfile
+from ddpm.cli.train import train
+from ddpm.config import compose_config
+from tests.helpers.cli import TINY
+out = tempfile.mkdtemp()
+train(compose_config(overrides=[*TINY, "logger=none", "trainer.max_steps=1"], output_dir=out))
 """
 
 
@@ -64,6 +68,6 @@ def test_retained_memory_is_not_faulted_in_again():
     assert retained < PAGES_TOUCHED // 100
 
 
-def test_fitting_a_diffusion_module_retains_freed_memory():
-    """DiffusionModule.setup applies the setting, so every Trainer run gets it, not only train.py."""
-    assert page_faults(TINY_FIT) < PAGES_TOUCHED // 100
+def test_a_training_run_retains_freed_memory():
+    """train.py's entry point applies the setting before training (as sample.py and evaluate.py do)."""
+    assert page_faults(TRAINING_RUN) < PAGES_TOUCHED // 100

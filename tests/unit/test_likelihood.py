@@ -6,6 +6,7 @@ from torch.distributions import Normal, kl_divergence
 
 from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
 from ddpm.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from tests.helpers.oracles import point_mass_eps
 
 GRID = torch.linspace(-1, 1, 256, dtype=torch.float64)
 
@@ -63,11 +64,7 @@ def test_bound_of_the_exact_model_for_a_point_mass():
     d = GaussianDiffusion(make_beta_schedule("linear", 100), var_type="fixed_small")
     x0 = GRID[torch.tensor([3, 128, 200, 254])].float().view(1, 4).expand(5, -1)
 
-    def oracle(x_t, t):
-        ab = d.alphas_cumprod.float()[t].view(-1, 1)
-        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
-    out = d.calc_bpd_loop(oracle, x0, generator=torch.Generator().manual_seed(0))
+    out = d.calc_bpd_loop(point_mass_eps(d, x0), x0, generator=torch.Generator().manual_seed(0))
     assert out["vb_bpd"].shape == (5, 100)
     assert out["vb_bpd"][:, 1:].abs().max() < 1e-4
     sigma = math.sqrt(d.posterior_variance[1].item())

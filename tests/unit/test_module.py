@@ -2,42 +2,10 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ddpm.data import UInt8Images
-from ddpm.diffusion import DDIMSampler, GaussianDiffusion, make_beta_schedule
-from ddpm.models import UNet
-from ddpm.training import DiffusionModule, NonFiniteLossError
-
-
-def tiny_module(**kwargs) -> DiffusionModule:
-    net = UNet(
-        image_size=8,
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        num_groups=4,
-        dropout=0.0,
-    )
-    return DiffusionModule(net, GaussianDiffusion(make_beta_schedule("linear", 100)), **kwargs)
-
-
-def loader(n=32):
-    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)
-    return DataLoader(UInt8Images(images), batch_size=8, drop_last=True)
-
-
-def trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+from ddpm.diffusion import DDIMSampler
+from ddpm.training import NonFiniteLossError
+from tests.helpers.tiny import loader, tiny_module, trainer
 
 
 def test_training_updates_net_and_ema_and_warms_up_lr(tmp_path):
@@ -143,16 +111,23 @@ def test_checkpoints_and_train_end_flush_the_loss_check(tmp_path):
     assert at_end == 1 and len(flushes) == 2
 
 
-def test_progress_bar_reads_metrics_every_n_steps():
+def test_progress_bar_reads_metrics_every_n_steps(monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
     from ddpm.training import StepProgressBar
 
     reads: list[int] = []
+    read_metrics = RichProgressBar.get_metrics  # what reads the logged (GPU) values
+
+    def counting(self, trainer, pl_module):
+        if trainer.training:
+            reads.append(trainer.global_step)
+        return read_metrics(self, trainer, pl_module)
+
+    monkeypatch.setattr(RichProgressBar, "get_metrics", counting)
 
     class CountingBar(StepProgressBar):
-        def get_metrics(self, trainer, pl_module):
-            if trainer.training:
-                reads.append(trainer.global_step)
-            return super().get_metrics(trainer, pl_module)
+        pass
 
     L.Trainer(
         accelerator="cpu",

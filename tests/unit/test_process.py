@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
+from ddpm.diffusion import GaussianDiffusion, make_beta_schedule, naive_step, p_sample_loop, q_step
+from tests.helpers.oracles import gaussian_eps, gaussian_reverse_mean, point_mass_eps
 
 T = 1000
 
@@ -11,16 +12,6 @@ T = 1000
 @pytest.fixture(scope="module")
 def diffusion():
     return GaussianDiffusion(make_beta_schedule("linear", T))
-
-
-def _noise_oracle(diffusion, x0):
-    """The ideal eps-model for data that is exactly x0: eps = (x_t - sqrt(alphabar_t) x0) / sqrt(1 - alphabar_t)."""
-
-    def model(x_t, t):
-        ab = diffusion.alphas_cumprod.float()[t].view(-1, *([1] * (x_t.ndim - 1)))
-        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
-    return model
 
 
 def test_closed_form_matches_simulated_markov_chain(diffusion):
@@ -68,13 +59,23 @@ def test_variance_preserving_for_unit_variance_data(schedule):
     assert x_T.var().item() == pytest.approx(1.0, abs=0.02)
 
 
-def test_naive_additive_noise_is_not_variance_preserving(diffusion):
-    """Contrast: x_t = x_{t-1} + beta_t eps grows in variance and never forgets x0, unlike q_sample."""
-    x = torch.ones(50_000)
+def test_naive_chain_is_not_variance_preserving_and_q_step_is(diffusion):
+    """Contrast (notebook 01 runs these two steps): the naive x_t = x_{t-1} + sqrt(beta_t) eps keeps the mean of x0
+    and its variance grows as Var(x0) + sum beta_s; the forward chain's q_step keeps unit-variance data at unit
+    variance and forgets the mean as sqrt(alphabar_t)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = 1.0 + torch.randn(50_000, generator=g)  # mean 1, variance 1
+    naive, vp = x0.clone(), x0.clone()
     for i in range(T):
-        x = x + diffusion.betas[i].float() * torch.randn_like(x)
-    assert x.mean().item() == pytest.approx(1.0, abs=0.01)  # the mean never forgets x0
-    assert x.var().item() == pytest.approx((diffusion.betas**2).sum().item(), rel=0.05)
+        eps = torch.randn(x0.shape, generator=g)
+        naive, vp = (
+            naive_step(naive, diffusion.betas[i].float(), eps),
+            q_step(vp, diffusion.betas[i].float(), eps),
+        )
+    assert naive.mean().item() == pytest.approx(1.0, abs=0.03)  # the mean never forgets x0
+    assert naive.var().item() == pytest.approx(1.0 + diffusion.betas.sum().item(), rel=0.03)  # 1 + 10.02
+    assert vp.var().item() == pytest.approx(1.0, abs=0.03)
+    assert vp.mean().item() == pytest.approx(math.sqrt(diffusion.alphas_cumprod[-1].item()), abs=0.02)
 
 
 def test_posterior_matches_bayes_rule(diffusion):
@@ -157,12 +158,38 @@ def test_p_sample_adds_sigma_t_noise_except_at_t1(var_type, name):
     assert torch.equal(a, b)  # the last step returns the mean
 
 
+@pytest.mark.parametrize("var_type", ["fixed_large", "fixed_small"])
+def test_a_reverse_step_at_t_above_1_is_the_exact_reverse_mean_plus_sigma_t_noise(var_type):
+    """For Gaussian data with its optimal eps-model, mu_theta(x_t, t) is E[x_{t-1} | x_t] (Bayes' rule on the joint
+    Gaussian, computed here from the betas alone) and p_sample adds noise of variance beta_t or betatilde_t."""
+    mu, s = 0.3, 0.5
+    diffusion = GaussianDiffusion(make_beta_schedule("linear", T), var_type=var_type, clip_denoised=False)
+    betas = diffusion.betas  # float64 input; everything below is derived from it here
+    ab = torch.cumprod(1 - betas, 0)
+    model = gaussian_eps(diffusion, mu, s)
+    x_t = torch.linspace(-2.5, 2.5, 41, dtype=torch.float64).view(-1, 1)
+    for i in (1, 10, 300, 900):
+        t = torch.full((x_t.shape[0],), i)
+        mean = diffusion.p_mean_variance(model, x_t, t)["mean"]
+        expected = gaussian_reverse_mean(ab[i - 1], ab[i], mu, s, x_t)
+        torch.testing.assert_close(mean.double(), expected, rtol=1e-4, atol=1e-5)
+        many = torch.full((200_000, 1), 0.7)
+        drawn = diffusion.p_sample(
+            model, many, torch.full((200_000,), i), generator=torch.Generator().manual_seed(i)
+        )
+        sigma2 = betas[i] if var_type == "fixed_large" else betas[i] * (1 - ab[i - 1]) / (1 - ab[i])
+        assert drawn.var().item() == pytest.approx(sigma2.item(), rel=0.02)
+        assert drawn.mean().item() == pytest.approx(
+            gaussian_reverse_mean(ab[i - 1], ab[i], mu, s, 0.7).item(), abs=3e-4
+        )
+
+
 def test_ancestral_sampling_recovers_a_point_mass():
     """With the exact eps of a one-point data distribution, the reverse chain lands on that point."""
     diffusion = GaussianDiffusion(make_beta_schedule("linear", T))
     x0 = torch.tensor([[-0.8, 0.0, 0.3, 0.9]])
-    out = diffusion.p_sample_loop(
-        _noise_oracle(diffusion, x0), (16, 4), generator=torch.Generator().manual_seed(0)
+    out = p_sample_loop(
+        diffusion, point_mass_eps(diffusion, x0), (16, 4), generator=torch.Generator().manual_seed(0)
     )
     assert torch.allclose(out, x0.expand(16, -1), atol=1e-3)
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ddpm.cli.compose import compose_config
-from ddpm.cli.train import build_module
+from ddpm.build import build_module
+from ddpm.config import compose_config
 from ddpm.data.datamodule import EpochSampler
 from ddpm.errors import ConfigError
-from tests.conftest import ROOT
-from tests.integration.conftest import TINY
+from tests.helpers.cli import TINY
+from tests.helpers.paths import ROOT
 
 
 class RecordBatches(L.Callback):
@@ -146,7 +146,7 @@ def test_a_restarted_run_resumes_from_the_newest_checkpoint_in_its_own_folder(tm
 
 
 def test_a_checkpoint_that_does_not_fit_is_named_by_its_first_difference():
-    from ddpm.cli.checkpoint import state_dict_mismatch
+    from ddpm.checkpoint import state_dict_mismatch
 
     model = {"a.weight": torch.zeros(4, 3), "a.bias": torch.zeros(4)}
     assert state_dict_mismatch(model, {k: v.clone() for k, v in model.items()}) is None
@@ -158,7 +158,7 @@ def test_a_checkpoint_that_does_not_fit_is_named_by_its_first_difference():
 
 
 def test_the_resume_check_reads_shapes_only_and_leaves_the_weights_to_the_trainer(tmp_path):
-    from ddpm.cli.checkpoint import check_resume
+    from ddpm.checkpoint import check_resume
 
     _fit(tmp_path / "a", 2)
     last = tmp_path / "a" / "ckpt" / "last.ckpt"

@@ -1,7 +1,22 @@
 import pytest
 import torch
 
-from ddpm.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, make_beta_schedule, space_timesteps
+from ddpm.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    GaussianDiffusion,
+    RespacedModel,
+    make_beta_schedule,
+    p_sample_loop,
+    space_timesteps,
+)
+from tests.helpers.oracles import (
+    CountingModel,
+    gaussian_eps,
+    gaussian_reverse_mean,
+    gaussian_x0_mean,
+    point_mass_eps,
+)
 
 T = 1000
 
@@ -9,17 +24,6 @@ T = 1000
 @pytest.fixture(scope="module")
 def diffusion():
     return GaussianDiffusion(make_beta_schedule("linear", T), var_type="fixed_small", clip_denoised=False)
-
-
-class CountingModel:
-    """A deterministic stand-in eps-model that counts its calls."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return 0.1 * x + 1e-4 * t.float().view(-1, *([1] * (x.ndim - 1)))
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
@@ -73,7 +77,7 @@ def test_ddpm_sampler_over_all_steps_is_algorithm_2(diffusion):
         x = diffusion.p_sample(model, x, torch.full((3,), i), generator=g)
     assert torch.allclose(a, x, atol=1e-6)
     assert torch.allclose(
-        diffusion.p_sample_loop(model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(5)), x
+        p_sample_loop(diffusion, model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(5)), x
     )
 
 
@@ -91,14 +95,52 @@ def test_respaced_ddpm_chain_keeps_the_marginals(diffusion):
     )
 
 
+def test_a_respaced_ddpm_step_is_the_exact_reverse_mean_between_its_timesteps():
+    """Respaced chain, step i > 0: the mean is E[x_{tau_(i-1)} | x_{tau_i}] for Gaussian data with its optimal model,
+    which only holds if the network is called at the original timestep tau_i (RespacedModel's map)."""
+    mu, s = -0.2, 0.6
+    diffusion = GaussianDiffusion(make_beta_schedule("linear", T), clip_denoised=False)
+    ab = torch.cumprod(1 - diffusion.betas, 0)
+    sampler = DDPMSampler(diffusion, steps=10, var_type="fixed_small")
+    model = gaussian_eps(diffusion, mu, s)
+    x = torch.linspace(-2, 2, 21, dtype=torch.float64).view(-1, 1)
+    for i in (1, 4, 9):
+        tau, tau_prev = sampler.timesteps[i], sampler.timesteps[i - 1]
+        index = torch.full((x.shape[0],), i)
+        out = sampler.chain.p_mean_variance(RespacedModel(model, sampler.timesteps), x, index)
+        torch.testing.assert_close(
+            out["mean"].double(), gaussian_reverse_mean(ab[tau_prev], ab[tau], mu, s, x), rtol=1e-4, atol=1e-5
+        )
+        beta_i = 1 - ab[tau] / ab[tau_prev]  # the respaced chain's beta
+        expected_var = beta_i * (1 - ab[tau_prev]) / (1 - ab[tau])
+        assert out["variance"][0].item() == pytest.approx(expected_var.item(), rel=1e-5)
+
+
+def test_a_ddim_step_above_t1_is_eq_12_with_the_bayes_x0():
+    """DDIM, eta = 0, step i > 0: x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) (x_t - sqrt(ab_t) x0_hat) /
+    sqrt(1 - ab_t) with x0_hat = E[x0 | x_t] of Gaussian data, computed by Bayes' rule from the betas alone."""
+    mu, s = 0.25, 0.4
+    diffusion = GaussianDiffusion(make_beta_schedule("cosine", T), clip_denoised=False)
+    ab = torch.cumprod(1 - diffusion.betas, 0)
+    ddim = DDIMSampler(diffusion, steps=20, eta=0.0)
+    model = gaussian_eps(diffusion, mu, s)
+    x = torch.linspace(-2, 2, 21, dtype=torch.float64).view(-1, 1)
+    for i in (1, 7, 19):
+        tau, tau_prev = ddim.timesteps[i], ddim.timesteps[i - 1]
+        x0_hat = gaussian_x0_mean(ab[tau], mu, s, x)
+        expected = (
+            ab[tau_prev].sqrt() * x0_hat
+            + (1 - ab[tau_prev]).sqrt() * (x - ab[tau].sqrt() * x0_hat) / (1 - ab[tau]).sqrt()
+        )
+        got = ddim.step(model, x, i, torch.full((x.shape[0],), tau), None)
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_ddim_eta0_is_deterministic_and_finds_a_point_mass():
     diffusion = GaussianDiffusion(make_beta_schedule("linear", T))
     x0 = torch.tensor([[0.7, -0.2, -0.9]])
 
-    def oracle(x_t, t):
-        ab = diffusion.alphas_cumprod.float()[t].view(-1, 1)
-        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
+    oracle = point_mass_eps(diffusion, x0)
     ddim = DDIMSampler(diffusion, steps=20, eta=0.0)
     a = ddim.sample(oracle, (8, 3), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(a, x0.expand(8, -1), atol=1e-4)

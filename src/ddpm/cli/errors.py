@@ -13,15 +13,6 @@ R = TypeVar("R")
 EXIT_CONFIG_ERROR = 2
 
 
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain (Hydra's instantiate wraps the real error as __cause__)."""
-    seen = set()
-    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
 def as_config_error(exc: BaseException) -> ConfigError | None:
     """The ConfigError inside `exc`'s chain, if any."""
     seen = set()
@@ -31,23 +22,6 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def building(what: str, fn: Callable[[], R]) -> R:
-    """Run one build step of the config. A ValueError, TypeError or KeyError from it (or at the root of the chain
-    that Hydra's instantiate wraps around it) is a config mistake and becomes a ConfigError naming the group."""
-    try:
-        return fn()
-    except ConfigError:
-        raise
-    except Exception as e:
-        config_mistakes = (ValueError, TypeError, KeyError)
-        cause = root_cause(e)
-        culprit = cause if isinstance(cause, config_mistakes) else e
-        if not isinstance(culprit, config_mistakes):
-            raise
-        lines = str(culprit).strip().splitlines()
-        raise ConfigError(f"invalid {what} config: {lines[0] if lines else repr(culprit)}") from e
 
 
 def exit_on_config_error(fn: Callable[[], R]) -> R:

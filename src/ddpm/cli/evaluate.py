@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Subset
 
-from ddpm.cli.checkpoint import load_checkpoint
-from ddpm.cli.errors import building, exit_on_config_error
-from ddpm.diffusion import make_sampler
-from ddpm.errors import ConfigError
+from ddpm.build import build_sampler
+from ddpm.checkpoint import load_checkpoint
+from ddpm.cli.errors import exit_on_config_error
+from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
-from ddpm.metrics import fid_key, make_fid
-from ddpm.training.callbacks import fid_of_samples, install_reference
+from ddpm.metrics import fid_key, fid_of_samples, install_reference, make_fid
+from ddpm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 METRICS = ("fid", "nll")
@@ -48,10 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "ema": cfg.use_ema, "data": data_cfg.source}
     if metric is not None:
-        kwargs = {
-            k: v for k, v in OmegaConf.to_container(cfg.sampler).items() if k != "name" and v is not None
-        }
-        sampler = building("sampler", lambda: make_sampler(module.diffusion, cfg.sampler.name, **kwargs))
+        sampler = build_sampler(module.diffusion, cfg.sampler)
         metric.to(device)
         n_ref = install_reference(
             metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
@@ -59,13 +56,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, sampler.label, n_ref)
         value = fid_of_samples(
             metric,
-            module,
-            sampler,
+            lambda count, generator: module.sample(
+                sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar
+            ),
             cfg.fid.n,
             cfg.fid.batch_size,
             cfg.fid.seed,
-            use_ema=cfg.use_ema,
-            progress=True,
+            device=device,
         )
         results["fid"] = {
             "key": fid_key(cfg.fid.n, sampler.label),
@@ -88,7 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             log.info(
                 "NLL: batch %d / %d (%d network calls)", i + 1, len(loader), module.diffusion.num_timesteps
             )
-            out = module.diffusion.calc_bpd_loop(net, x0, generator=generator, progress=True)
+            out = module.diffusion.calc_bpd_loop(net, x0, generator=generator, progress=progress_bar)
             parts["total_bpd"].append(out["total_bpd"].cpu())
             parts["prior_bpd"].append(out["prior_bpd"].cpu())
             parts["decoder_bpd"].append(out["vb_bpd"][:, 0].cpu())

@@ -11,20 +11,21 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ddpm.cli import resolvers  # noqa: F401  (registers ${floordiv:...})
-from ddpm.cli.checkpoint import check_resume, find_last_checkpoint
-from ddpm.cli.errors import building, exit_on_config_error
-from ddpm.diffusion import GaussianDiffusion, make_beta_schedule, make_sampler
-from ddpm.errors import ConfigError
-from ddpm.training import DiffusionModule
+from ddpm.build import build_diffusion, build_module, build_sampler
+from ddpm.checkpoint import check_resume, find_last_checkpoint
+from ddpm.cli.errors import exit_on_config_error
+from ddpm.errors import CONFIG_MISTAKES, ConfigError, building
+from ddpm.host_memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -33,40 +34,44 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
-def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
-    """The GaussianDiffusion of cfg.schedule (betas) and cfg.diffusion (objective, variance, clipping)."""
-    betas = building("schedule", lambda: make_beta_schedule(**cfg.schedule))
-    return building("diffusion", lambda: GaussianDiffusion(betas, **cfg.diffusion))
+# the numeric values a user sets most, with their type: a wrong type stops the run with the key's name
+INTEGER, NUMBER = "an integer", "a number"
+NUMERIC_KEYS = {
+    "seed": INTEGER,
+    "data.batch_size": INTEGER,
+    "data.eval_batch_size": INTEGER,
+    "data.global_batch_size": INTEGER,
+    "data.image_size": INTEGER,
+    "data.num_workers": INTEGER,
+    "data.val_fraction": NUMBER,
+    "schedule.num_timesteps": INTEGER,
+    "model.base_channels": INTEGER,
+    "model.num_res_blocks": INTEGER,
+    "model.num_heads": INTEGER,
+    "model.num_groups": INTEGER,
+    "model.dropout": NUMBER,
+    "optim.lr": NUMBER,
+    "optim.weight_decay": NUMBER,
+    "optim.eps": NUMBER,
+    "optim.warmup_steps": INTEGER,
+    "ema.decay": NUMBER,
+    "trainer.max_steps": INTEGER,
+    "trainer.val_check_interval": NUMBER,
+    "trainer.accumulate_grad_batches": INTEGER,
+    "trainer.log_every_n_steps": INTEGER,
+    "trainer.gradient_clip_val": NUMBER,
+}
 
 
-def build_network(cfg: DictConfig) -> torch.nn.Module:
-    """The network of cfg.model (its `compile` switch is the module's business, not the network's)."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("compile", None)
-    return building("model", lambda: hydra.utils.instantiate(model_cfg))
-
-
-def build_module(cfg: DictConfig) -> DiffusionModule:
-    """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
-    diffusion = build_diffusion(cfg)
-    net = build_network(cfg)
-    return building(
-        "optim/ema",
-        lambda: DiffusionModule(
-            net,
-            diffusion,
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            adam_betas=tuple(cfg.optim.adam_betas),
-            eps=cfg.optim.eps,
-            warmup_steps=cfg.optim.warmup_steps,
-            ema_decay=cfg.ema.decay,
-            ema_warmup=cfg.ema.warmup,
-            noise_seed=cfg.get("seed") or 0,
-            compile=bool(cfg.model.get("compile", False)),
-            config=OmegaConf.to_container(cfg, resolve=True),
-        ),
-    )
+def check_types(cfg: DictConfig) -> None:
+    """Each value of NUMERIC_KEYS that is set must be of its type (null is allowed: it means 'not set')."""
+    for key, kind in NUMERIC_KEYS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        ok = isinstance(value, int) if kind == INTEGER else isinstance(value, (int, float))
+        if not ok or isinstance(value, bool):
+            raise ConfigError(f"{key} must be {kind}, got {value!r}: set it like {key}=<{kind.split()[-1]}>")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -74,21 +79,44 @@ def check_config(cfg: DictConfig) -> None:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
+    check_types(cfg)
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
-    for name, cb in (cfg.get("callbacks") or {}).items():
-        if cb and "sampler" in cb:
-            building(
-                f"callbacks.{name}",
-                lambda cb=cb: make_sampler(build_diffusion(cfg), cb.sampler, steps=cb.steps),
-            )
+    check_optimized_metric(cfg)
+    # the validation sampler (grid, FID) is built at each validation: build it once now to check its node
+    build_sampler(build_diffusion(cfg), cfg.sampler)
+
+
+def sweeper_optimises() -> bool:
+    """Whether this run is a trial of a sweeper that optimises train.py's return value (Optuna, ...). A grid sweep
+    (Hydra's basic sweeper) and a single run need no return value."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return not str(HydraConfig.get().sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """For a sweeper that optimises: stop before any trial trains if optimized_metric cannot be logged by this run
+    (a validation metric in a run that ends before its first validation, FID without the FID callback)."""
+    if not sweeper_optimises():
+        return
+    name = cfg.get("optimized_metric") or "val/loss"
+    if name.startswith("val/fid") and not (cfg.get("callbacks") or {}).get("fid"):
+        raise ConfigError(f"optimized_metric={name} needs the FID callback: add callbacks=fid")
+    max_steps, interval = cfg.trainer.get("max_steps", -1), cfg.trainer.get("val_check_interval")
+    if name.startswith("val/") and isinstance(interval, int) and 0 < max_steps < interval:
+        raise ConfigError(
+            f"optimized_metric={name} is logged at validation, but trainer.max_steps={max_steps} ends before the "
+            f"first one (trainer.val_check_interval={interval}): lower val_check_interval or raise max_steps"
+        )
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit the model; returns the final value of cfg.optimized_metric (what a sweeper minimises)."""
     check_config(cfg)
+    retain_freed_memory()  # no page faults on each step's activations: see ddpm.host_memory
     name_sweep_job(cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
@@ -113,7 +141,9 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = building(
-        "trainer", lambda: hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        "trainer",
+        lambda: hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False),
+        mistakes=(*CONFIG_MISTAKES, MisconfigurationException),  # e.g. Trainer(devices=0)
     )
     datamodule.configure_batch(trainer.world_size, trainer.accumulate_grad_batches)
     ckpt_path = resume_path(cfg)
@@ -128,16 +158,15 @@ def train(cfg: DictConfig) -> float | None:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:  # a sweep runs its jobs in one process: each job's W&B run must end before the next starts
-        for lg in loggers:
-            if isinstance(lg, WandbLogger) and trainer.is_global_zero and lg._experiment is not None:
-                lg.experiment.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
+        if trainer.is_global_zero and any(isinstance(lg, WandbLogger) for lg in loggers) and wandb.run:
+            wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
 
 
 def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
-    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50). Missing: a sweep
-    cannot go on without it (ConfigError); a single run only warns."""
+    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50). Missing: a sweeper
+    that optimises cannot go on without it (ConfigError); a grid sweep or a single run only warns."""
     matches = [name] if name in metrics else [k for k in metrics if k.startswith(f"{name}_")]
     if len(matches) == 1:
         return float(metrics[matches[0]])
@@ -145,7 +174,7 @@ def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
         f"optimized_metric={name} was not logged by this run (logged: {', '.join(sorted(metrics)) or 'nothing'}): "
         "set optimized_metric to one of them"
     )
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if sweeper_optimises():
         raise ConfigError(message)
     log.warning(message)
     return None

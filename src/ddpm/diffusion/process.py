@@ -11,7 +11,7 @@ Notation (index i = 0..T-1 is the paper's t = i + 1):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,24 @@ from torch import Tensor
 from ddpm.diffusion.likelihood import NATS_PER_BIT, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 Model = Callable[[Tensor, Tensor], Tensor]
+# progress(iterable, description) -> the same items, reporting progress as they are consumed (passed in by callers)
+Progress = Callable[[Iterable[int], str], Iterable[int]]
 
 OBJECTIVES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_large", "fixed_small")
+
+
+def q_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
+    """One step of the forward chain q(x_t | x_{t-1}): x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps."""
+    beta = torch.as_tensor(beta, dtype=x_prev.dtype)
+    return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
+
+
+def naive_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
+    """The naive chain x_t = x_{t-1} + sqrt(beta_t) eps (no sqrt(1 - beta_t) shrink), for contrast: it is not variance
+    preserving. Var(x_t) = Var(x_0) + sum_{s<=t} beta_s grows and E[x_t] = E[x_0] is never forgotten."""
+    beta = torch.as_tensor(beta, dtype=x_prev.dtype)
+    return x_prev + beta.sqrt() * eps
 
 
 class GaussianDiffusion:
@@ -210,26 +225,6 @@ class GaussianDiffusion:
         nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
         return out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
 
-    def p_sample_loop(
-        self,
-        model: Model,
-        shape: tuple[int, ...],
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.).
-
-        The loop itself lives in `ddpm.diffusion.samplers` (one loop for every sampler); this is DDPM over all T.
-        """
-        from ddpm.diffusion.samplers import DDPMSampler
-
-        return DDPMSampler(self).sample(
-            model, shape, noise=noise, generator=generator, device=device, progress=progress
-        )
-
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """Per-example mean squared error between the network output at x_t and the objective's target.
@@ -268,19 +263,17 @@ class GaussianDiffusion:
         x0: Tensor,
         *,
         generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Tensor]:
         """The full bound -log p(x_0) <= L_T + sum_{t>=2} L_{t-1} + L_0 in bits/dim for each example of x0 (data on the
         256-level grid in [-1, 1]), one x_t ~ q(x_t | x_0) per term. Costs T network evaluations per batch.
 
         Returns total_bpd [B], prior_bpd [B], vb_bpd [B, T] (index 0 is the decoder term L_0).
+        `progress(iterable, description)` wraps the loop over t to report progress (e.g. ddpm.progress.progress_bar).
         """
-        from ddpm.progress import progress_bar
-
         terms = []
-        for i in progress_bar(
-            range(self.num_timesteps - 1, -1, -1), enabled=progress, description="bits/dim"
-        ):
+        steps = range(self.num_timesteps - 1, -1, -1)
+        for i in progress(steps, "bits/dim") if progress else steps:
             t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             terms.append(self.vb_term_bpd(model, x0, self.q_sample(x0, t, noise), t))

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddpm.diffusion.process import GaussianDiffusion, Model
-from ddpm.progress import progress_bar
+from ddpm.diffusion.process import GaussianDiffusion, Model, Progress
 
 SPACINGS = ("uniform", "quadratic")
 
@@ -54,6 +53,22 @@ def compiled_network(model: Model, device: torch.device) -> Model:
     Wrapping the same network again does not compile it again: torch caches the compiled code of its forward.
     """
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
+
+class RespacedModel:
+    """The network seen from a respaced chain: index i of the chain's S steps is the original timestep
+    `timesteps[i]`, which is what the network was trained on (improved-diffusion's `_WrappedModel`)."""
+
+    def __init__(self, model: Model, timesteps: list[int]) -> None:
+        self.model = model
+        self.timestep_map = torch.tensor(timesteps, dtype=torch.long)
+        self._on_device: dict[torch.device, Tensor] = {}
+
+    def __call__(self, x: Tensor, index: Tensor) -> Tensor:
+        table = self._on_device.get(index.device)
+        if table is None:
+            table = self._on_device[index.device] = self.timestep_map.to(index.device)
+        return self.model(x, table[index])
 
 
 class Sampler:
@@ -97,16 +112,18 @@ class Sampler:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> Tensor:
-        """x_T ~ N(0, I) (or `noise`) -> x_0, one network call per timestep. Returns images in [-1, 1] (roughly)."""
+        """x_T ~ N(0, I) (or `noise`) -> x_0, one network call per timestep. Returns images in [-1, 1] (roughly).
+
+        `progress(iterable, description)` wraps the loop over steps to report progress (e.g. ddpm.progress.progress_bar).
+        """
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
         cuda_graphs = self.compile and x.device.type == "cuda"
         if self.compile:
             model = compiled_network(model, x.device)
-        for i in progress_bar(
-            range(len(self.timesteps) - 1, -1, -1), enabled=progress, description=f"sampling ({self.label})"
-        ):
+        steps = range(len(self.timesteps) - 1, -1, -1)
+        for i in progress(steps, f"sampling ({self.label})") if progress else steps:
             if cuda_graphs:  # the previous call's output is consumed: its graph memory may be reused
                 torch.compiler.cudagraph_mark_step_begin()
             t = torch.full((x.shape[0],), self.timesteps[i], device=x.device, dtype=torch.long)
@@ -115,7 +132,10 @@ class Sampler:
 
 
 class DDPMSampler(Sampler):
-    """Ancestral sampling (Algorithm 2 of Ho et al.) on the respaced chain; identical to p_sample_loop when S = T."""
+    """Ancestral sampling (Algorithm 2 of Ho et al.) on the respaced chain; identical to p_sample_loop when S = T.
+
+    The chain is a GaussianDiffusion of its own over S steps; the network sees the original timesteps through
+    `RespacedModel`."""
 
     name = "ddpm"
 
@@ -138,8 +158,10 @@ class DDPMSampler(Sampler):
         )
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
-        index = torch.full_like(t, i)
-        return self.chain.p_sample(lambda x_t, _: model(x_t, t), x, index, generator=generator)
+        index = torch.full_like(
+            t, i
+        )  # the chain's own step i; RespacedModel gives the network timesteps[i] = t
+        return self.chain.p_sample(RespacedModel(model, self.timesteps), x, index, generator=generator)
 
 
 class DDIMSampler(Sampler):
@@ -172,9 +194,29 @@ class DDIMSampler(Sampler):
         return out
 
 
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
 def make_sampler(diffusion: GaussianDiffusion, name: str = "ddim", **kwargs) -> Sampler:
-    """Build a sampler by name ("ddpm" or "ddim") with its keyword arguments."""
-    samplers = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
-    if name not in samplers:
-        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(samplers)}")
-    return samplers[name](diffusion, **kwargs)
+    """The sampler `name` with its keyword arguments. A sampler node of conf/sampler/*.yaml (`name` and the
+    arguments) is exactly what this takes: `make_sampler(diffusion, **node)`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](diffusion, **kwargs)
+
+
+def p_sample_loop(
+    diffusion: GaussianDiffusion,
+    model: Model,
+    shape: tuple[int, ...],
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.):
+    x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), no noise at t = 1. The one loop of every sampler."""
+    return DDPMSampler(diffusion).sample(
+        model, shape, noise=noise, generator=generator, device=device, progress=progress
+    )

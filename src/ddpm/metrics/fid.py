@@ -6,7 +6,8 @@
 - Input: uint8 images quantised exactly as a saved PNG (floor(255 x + 0.5) of x in [0, 1]: round, not truncate);
   grayscale is repeated to 3 channels.
 - Reference: the held-out split's feature sums (mean and covariance) are computed once and cached on disk, keyed by
-  source, split, image size, channels, number of images and weights file.
+  the content of the reference images (a hash of the exact uint8 tensors fed to Inception) and of the weights file
+  (see `ddpm.metrics.reference`).
 
 FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)). It is biased in N: numbers at different N, or against
 other reference sets, are not comparable; hence the metric name carries N and the sampler, e.g. val/fid_1k_ddim50.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ddpm.errors import ConfigError
+from ddpm.images import to_rgb_uint8
 
 WEIGHTS_ENV = "DDPM_FID_WEIGHTS"
 OFFICIAL_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -43,12 +46,24 @@ def resolve_weights(path: str | None = None) -> str | None:
     return str(p)
 
 
+_weights_digests: dict[tuple[str, int, int], str] = {}
+
+
 def weights_id(path: str | None) -> str:
-    """A short identity of the weights for cache keys: 'official', or a hash of a local file's name and size."""
+    """The identity of the weights for cache keys: 'official' (the libraries' own file), or the sha256 of a local
+    file's content (computed once per process for a given path, size and modification time)."""
     if path is None:
         return "official"
-    p = Path(path)
-    return hashlib.sha256(f"{p.name}:{p.stat().st_size}".encode()).hexdigest()[:12]
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _weights_digests:
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _weights_digests[key] = digest.hexdigest()
+    return _weights_digests[key]
 
 
 def make_fid(weights_path: str | None = None) -> FrechetInceptionDistance:
@@ -74,41 +89,24 @@ def make_fid(weights_path: str | None = None) -> FrechetInceptionDistance:
     return metric
 
 
-def fid_images(x: Tensor) -> Tensor:
-    """Model-space images in [-1, 1] -> uint8 [B, 3, H, W] exactly as a saved PNG would hold them."""
-    u8 = (((x.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0 + 0.5).floor().clamp(0, 255).to(torch.uint8)
-    return u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8
-
-
 def fid_key(n: int, sampler_label: str) -> str:
     """Metric name with N and sampler: fid_1k_ddim50, fid_500_ddpm1000, fid_50k_ddim100."""
     count = f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
     return f"fid_{count}_{sampler_label}"
 
 
-def reference_cache_path(
-    cache_dir: str | Path,
-    source: str,
-    split: str,
-    image_size: int,
-    channels: int,
-    n: int,
-    weights_path: str | None,
-) -> Path:
-    name = f"{source}-{split}-{image_size}px-{channels}ch-n{n}-{weights_id(weights_path)}.pt"
-    return Path(cache_dir) / name
-
-
 @torch.no_grad()
 def compute_reference(
-    metric: FrechetInceptionDistance, images: Tensor | torch.utils.data.DataLoader, batch_size: int = 100
+    metric: FrechetInceptionDistance, images: Tensor | Iterable[Tensor], batch_size: int = 100
 ) -> dict[str, Tensor]:
-    """Feed real images (float [-1, 1]) through the metric; returns its real-feature statistics."""
-    batches = images if isinstance(images, torch.utils.data.DataLoader) else images.split(batch_size)
+    """Feed real images through the metric: one float tensor in [-1, 1] (split into batches), or batches that are
+    float (model space) or already the uint8 Inception input. Returns the metric's real-feature statistics."""
+    batches = images.split(batch_size) if isinstance(images, Tensor) else images
     device = metric.real_features_sum.device
     for batch in batches:
         batch = batch[0] if isinstance(batch, (list, tuple)) else batch
-        metric.update(fid_images(batch.to(device)), real=True)
+        u8 = batch if batch.dtype == torch.uint8 else to_rgb_uint8(batch)
+        metric.update(u8.to(device), real=True)
     return {k: getattr(metric, k).detach().cpu().clone() for k in _REAL_STATES}
 
 
@@ -136,3 +134,26 @@ def load_or_compute_reference(
     torch.save(stats, tmp)
     tmp.replace(cache_path)  # atomic: an interrupted run never leaves a half-written cache behind
     return stats
+
+
+@torch.no_grad()
+def fid_of_samples(
+    metric: FrechetInceptionDistance,
+    draw: Callable[[int, torch.Generator], Tensor],
+    n: int,
+    batch_size: int,
+    seed: int,
+    *,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
+    """FID of n fresh samples against the installed reference. `draw(count, generator)` returns `count` model-space
+    images; this rank draws its share of the n (n // world_size, one more on the first n % world_size ranks) from a
+    generator seeded with seed + rank, and torchmetrics sums the feature statistics across ranks."""
+    metric.reset()  # fake features only: reset_real_features=False
+    share = n // world_size + (1 if rank < n % world_size else 0)
+    generator = torch.Generator(device=device).manual_seed(seed + rank)
+    for start in range(0, share, batch_size):
+        metric.update(to_rgb_uint8(draw(min(batch_size, share - start), generator)), real=False)
+    return metric.compute()

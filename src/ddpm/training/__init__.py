@@ -1,10 +1,12 @@
-"""Lightning glue: the DiffusionModule (training_step, EMA) and callbacks."""
+"""Lightning glue: the DiffusionModule (training_step, EMA) and one callback per file."""
 
-from ddpm.training.callbacks import SampleFID, SampleGrid, StepProgressBar, to_unit_interval
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.figures import ForwardProcessFigures
 from ddpm.training.last_checkpoint import LastCheckpoint
 from ddpm.training.module import DiffusionModule, NonFiniteLossError
+from ddpm.training.progress_bar import StepProgressBar
+from ddpm.training.sample_fid import SampleFID
+from ddpm.training.sample_grid import SampleGrid
 
 __all__ = [
     "EMA",
@@ -16,5 +18,4 @@ __all__ = [
     "SampleGrid",
     "StepProgressBar",
     "ema_decay_at",
-    "to_unit_interval",
 ]

@@ -9,9 +9,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.images import save_grid
 
 
 def frame_steps(num_timesteps: int, frames: int = 9) -> list[int]:
@@ -73,10 +73,7 @@ class ForwardProcessFigures(L.Callback):
         item = trainer.datamodule.val_set[0]
         x0 = (item[0] if isinstance(item, (tuple, list)) else item).float()
         frames = forward_process_frames(diffusion, x0, self.frames, self.seed)
-        strip = folder / "forward_process.png"
-        save_image(
-            make_grid(((frames + 1) / 2).clamp(0, 1), nrow=len(frames), padding=2, pad_value=1.0), strip
-        )
+        strip = save_grid(frames, folder / "forward_process.png", nrow=len(frames))
         name = trainer.lightning_module.hparams.get("config", {}).get("schedule", {}).get("name", "")
         curves = schedule_figure(
             diffusion, folder / "schedule.png", title=f"schedule: {name}" if name else ""

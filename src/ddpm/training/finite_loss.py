@@ -7,9 +7,13 @@ import math
 import torch
 from torch import Tensor
 
+from ddpm.errors import ConfigError
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops before any weights updated with it are saved."""
+
+class NonFiniteLossError(ConfigError):
+    """The loss became NaN or infinite; training stops before any weights updated with it are saved. A ConfigError:
+    the user must change a setting (the learning rate, clipping, precision), and the entry point says so in one
+    sentence."""
 
 
 class FiniteLossCheck:

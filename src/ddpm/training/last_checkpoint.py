@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,13 @@ class LastCheckpoint(L.Callback):
 
 
 def written_at_this_step(trainer: L.Trainer, path: Path) -> bool:
-    """Whether a ModelCheckpoint already wrote `path` as its last checkpoint at the trainer's current step (a run
+    """Whether `path` already holds the trainer's current step (a ModelCheckpoint wrote it at the last step of a run
     whose max_steps is a multiple of the checkpoint interval): writing it again would repeat the same weights, EMA,
-    optimizer state and step."""
-    return any(
-        isinstance(cb, ModelCheckpoint)
-        and cb.last_model_path
-        and Path(cb.last_model_path).resolve() == path.resolve()
-        and cb._last_global_step_saved == trainer.global_step
-        for cb in trainer.checkpoint_callbacks
-    )
+    optimizer state and step. The file is memory-mapped: only its step counter is read."""
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # unreadable (e.g. cut short): write it anew
+        return False
+    return isinstance(saved, dict) and saved.get("global_step") == trainer.global_step

@@ -8,8 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ddpm.diffusion import GaussianDiffusion, Sampler
-from ddpm.host_memory import retain_freed_memory
+from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
 
@@ -57,9 +56,6 @@ class DiffusionModule(L.LightningModule):
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
     # ------------------------------------------------------------------ training
-    def setup(self, stage: str) -> None:
-        retain_freed_memory()  # no page faults on each step's activations: see ddpm.host_memory
-
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.net(x_t, t)
 
@@ -102,9 +98,7 @@ class DiffusionModule(L.LightningModule):
             weight_decay=hp.weight_decay,
         )
         warmup = max(0, int(hp.warmup_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, 1.0, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation: held-out loss with EMA weights
@@ -127,7 +121,7 @@ class DiffusionModule(L.LightningModule):
         *,
         generator: torch.Generator | None = None,
         use_ema: bool = True,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> Tensor:
         """n images in [-1, 1] from the EMA (or raw) network with `sampler`."""
         net = self.ema.module if use_ema else self.net
@@ -157,7 +151,8 @@ def noise_key(seed: int, rank: int, step: int, micro_batch: int = 0) -> int:
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """The learning rate the scheduler gives at optimizer step `step` (for docs and tests)."""
+    """The learning rate at optimizer step `step` (0-based): lr * min(1, (step + 1) / warmup_steps), a linear warm-up
+    to lr over warmup_steps steps, then constant (warmup_steps = 0: lr from the first step)."""
     return lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 

@@ -1,4 +1,5 @@
-"""Compose a config of conf/ in-process, without a Hydra run (for benchmarks, notebooks and tests)."""
+"""The project's configs as data: the OmegaConf resolvers conf/ uses (registered on import), and composing a
+config of conf/ in-process, without a Hydra run (for benchmarks, notebooks and tests)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ddpm.cli import resolvers  # noqa: F401  (registers ${floordiv:...})
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # conf/ of a source checkout (editable install)
+
+
+def register_resolvers() -> None:
+    """${floordiv:a,b}: integer division, e.g. the lowest UNet resolution ${floordiv:${data.image_size},4}."""
+    OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
+
+
+register_resolvers()
 
 
 def compose_config(
-    config_dir: str | Path,
+    config_dir: str | Path = CONFIG_DIR,
     name: str = "train",
     overrides: list[str] | tuple[str, ...] = (),
     output_dir: str | Path | None = None,

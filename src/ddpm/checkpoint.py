@@ -1,4 +1,5 @@
-"""Load a DiffusionModule back from a checkpoint written by train.py, using the run config stored inside it."""
+"""Checkpoints written by train.py: read one, load its DiffusionModule from the run config stored inside it, check that
+one fits a model before resuming, and find a run's newest one. Every problem is one sentence (ConfigError)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm.build import build_module
 from ddpm.errors import ConfigError
 from ddpm.training import DiffusionModule
 
@@ -34,8 +36,6 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
 
 def load_checkpoint(path: str | Path) -> tuple[DiffusionModule, DictConfig]:
     """(module with trained and EMA weights, the run's config); ConfigError on a missing, corrupt or mismatched file."""
-    from ddpm.cli.train import build_module  # the same builder as training: one definition of the model
-
     ckpt = read_checkpoint(path)
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
     module = build_module(cfg)

@@ -1,0 +1,78 @@
+"""Config -> parts: the diffusion, the network, the LightningModule and the sampler described by a run config.
+
+Used by the entry points (cli/), the benchmarks, the notebooks and checkpoint loading, so that every one of them
+builds exactly the model that training built. Errors in a config value become one-sentence ConfigErrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm import config as _config  # noqa: F401  (registers the resolvers the configs use)
+from ddpm.diffusion import GaussianDiffusion, Sampler, make_beta_schedule, make_sampler
+from ddpm.errors import building
+from ddpm.training import DiffusionModule
+
+
+def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
+    """The GaussianDiffusion of cfg.schedule (betas) and cfg.diffusion (objective, variance, clipping)."""
+    betas = building("schedule", lambda: make_beta_schedule(**cfg.schedule))
+    return building("diffusion", lambda: GaussianDiffusion(betas, **cfg.diffusion))
+
+
+def build_network(cfg: DictConfig) -> torch.nn.Module:
+    """The network of cfg.model: `hydra.utils.instantiate(cfg.model)`.
+
+    Run configs written before `compile` became a top-level setting carry it as model.compile; it is dropped here so
+    their checkpoints still load."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("compile", None)
+    return building("model", lambda: hydra.utils.instantiate(model_cfg))
+
+
+def compile_requested(cfg: DictConfig) -> bool:
+    """torch.compile the training network: `compile` (or model.compile in run configs of older checkpoints)."""
+    return bool(cfg.get("compile") or cfg.model.get("compile", False))
+
+
+def build_module(cfg: DictConfig) -> DiffusionModule:
+    """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
+    diffusion = build_diffusion(cfg)
+    net = build_network(cfg)
+    return building(
+        "optim/ema",
+        lambda: DiffusionModule(
+            net,
+            diffusion,
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            adam_betas=tuple(cfg.optim.adam_betas),
+            eps=cfg.optim.eps,
+            warmup_steps=cfg.optim.warmup_steps,
+            ema_decay=cfg.ema.decay,
+            ema_warmup=cfg.ema.warmup,
+            noise_seed=cfg.get("seed") or 0,
+            compile=compile_requested(cfg),
+            config=OmegaConf.to_container(cfg, resolve=True),
+        ),
+    )
+
+
+def sampler_spec(spec: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """A sampler node (the shape of conf/sampler/*.yaml: `name` and the sampler's arguments) as a plain dict."""
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    return dict(spec)
+
+
+def build_sampler(
+    diffusion: GaussianDiffusion, spec: Mapping[str, Any] | DictConfig, what: str = "sampler"
+) -> Sampler:
+    """The sampler of a sampler node: `make_sampler(diffusion, **spec)`; `what` names the node in errors."""
+    kwargs = sampler_spec(spec)
+    return building(what, lambda: make_sampler(diffusion, **kwargs))

@@ -1,0 +1,73 @@
+"""The validation sample grid: EMA weights, fixed starting noise, saved as PNG and sent to the logger."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from ddpm.diffusion import Sampler, make_sampler
+from ddpm.images import save_grid
+
+DEFAULT_SAMPLER = {"name": "ddim", "steps": 50}
+
+
+def sampler_of(diffusion, spec: Mapping[str, Any] | None) -> Sampler:
+    """The sampler of a sampler node (the shape of conf/sampler/*.yaml), DDIM-50 when none is given."""
+    return make_sampler(diffusion, **dict(spec or DEFAULT_SAMPLER))
+
+
+class SampleGrid(L.Callback):
+    """After each validation (and once when training ends), sample `n` images with the EMA weights and log a grid.
+
+    `sampler` is a sampler node (conf/sampler/*.yaml; train.py passes its `sampler` group). The starting noise comes
+    from a fixed seed, so grids from successive validations show the same samples evolving. The PNG goes to
+    `<dirpath>/step_<global_step>.png` (default: the trainer's run directory / samples).
+    """
+
+    def __init__(
+        self,
+        n: int = 64,
+        sampler: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        dirpath: str | None = None,
+        every_n_validations: int = 1,
+    ) -> None:
+        self.n, self.sampler = n, dict(sampler or DEFAULT_SAMPLER)
+        self.seed, self.dirpath, self.every_n_validations = seed, dirpath, every_n_validations
+        self._validations = 0
+        self._last_step = -1
+
+    @rank_zero_only
+    def make_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        if self._last_step == trainer.global_step:
+            return None
+        self._last_step = trainer.global_step
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = pl_module.sample(sampler_of(pl_module.diffusion, self.sampler), self.n, generator=generator)
+        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
+        path = save_grid(images, folder / f"step_{trainer.global_step:07d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(
+                    key="val/samples",
+                    images=[str(path)],
+                    step=trainer.global_step,
+                    caption=[f"step {trainer.global_step}"],
+                )
+        return path
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations == 0:
+            self.make_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.make_grid(trainer, pl_module)
