@@ -60,7 +60,7 @@ def main() -> None:
     x = torch.randn(shape)
     t = torch.randint(0, module.diffusion.num_timesteps, (args.batch,))
 
-    with torch.inference_mode():
+    with torch.inference_mode():  # also the warm-up of the DDPM-1000 row, which runs first and is not repeated
         fwd = timed(lambda: net(x, t), max(20, args.repeats))
     net_s = statistics.median(fwd)
 
@@ -128,7 +128,8 @@ class TimedNetwork(torch.nn.Module):
 
 
 def _once(run, repeats: int) -> list[float]:
-    """DDPM-1000: no separate warm-up run (the DDIM rows and the forward timing already warmed the network up)."""
+    """Timed runs with no warm-up run of their own (DDPM-1000 is too long to run twice): the caller warms the network
+    up first (see the main block)."""
     out = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()

@@ -393,20 +393,26 @@ def report(rounds: list[dict], args) -> None:
             "Lightning overhead, across rows (Trainer step time / plain loop row's step time - 1): "
             f"{fmt([100 * o for o in overhead])} %"
         )
-    if "ours" in first and "diffusers" in first:
-        print(
-            f"Training throughput, ours through Lightning / diffusers in a plain loop: {fmt(ratio('ours', 'diffusers'), 2)}x"
-        )
     # like for like: the peer with the allocator setting ours has; without that row, say what is compared instead
     like = "diffusers_retained" if "diffusers_retained" in first else "diffusers"
     basis = (
-        "like for like (plain loop, same allocator)"
+        "like for like (same allocator setting)"
         if like == "diffusers_retained"
-        else "both in the plain loop (diffusers without our allocator setting)"
+        else "diffusers without our allocator setting"
     )
+    if "ours" in first and like in first:
+        print(
+            f"HEADLINE, training throughput, ours through Lightning / diffusers in a plain loop, {basis}: "
+            f"{fmt(ratio('ours', like), 2)}x"
+        )
+    if "ours" in first and "diffusers" in first and like != "diffusers":
+        print(
+            "Training throughput, ours through Lightning (allocator set) / diffusers in a plain process "
+            f"(allocator not set): {fmt(ratio('ours', 'diffusers'), 2)}x"
+        )
     if "ours_plain" in first and like in first:
         print(
-            f"{basis.capitalize()}: training ours / diffusers {fmt(ratio('ours_plain', like), 2)}x, "
+            f"Both in a plain loop, {basis}: training ours / diffusers {fmt(ratio('ours_plain', like), 2)}x, "
             f"inference network evaluations/s {fmt(ratio('ours_plain', like, 'infer_s'), 2)}x"
         )
     if "ours_exact" in first and like in first:

@@ -83,7 +83,7 @@ def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
     pytest.importorskip(
         "diffusers", reason="the peer library comes with the bench extra (make install-bench)"
     )
-    out = bench_train(tmp_path, "--rows", "ours_plain", "diffusers", "diffusers_retained")
+    out = bench_train(tmp_path, "--rows", "ours", "ours_plain", "diffusers", "diffusers_retained")
     rows = table_rows(out)
     for label in (
         "diffusers UNet2DModel, plain PyTorch loop",
@@ -91,6 +91,11 @@ def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
     ):
         params, gflop = (c.strip() for c in rows[label][:2])
         assert params == "1.62M" and gflop == "48.0"  # the size our matched config is matched to
-    like = re.search(r"Like for like .*: training ours / diffusers ([\d.]+) .*evaluations/s ([\d.]+) ", out)
+    headline = re.search(r"HEADLINE.*, like for like \(same allocator setting\): ([\d.]+) ", out)
+    assert headline and float(headline.group(1)) > 0, out
+    like = re.search(
+        r"Both in a plain loop, like for like .*: training ours / diffusers ([\d.]+) .*evaluations/s ([\d.]+) ",
+        out,
+    )
     assert like and float(like.group(1)) > 0 and float(like.group(2)) > 0, out
     assert re.search(r"diffusers with freed memory retained / in a plain process: [\d.]+ ", out), out

@@ -34,6 +34,31 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     assert best["callbacks"]["SampleFID"]["best"] == pytest.approx(min(fid), rel=1e-5)
     assert len(wb.values("val/samples/_type")) == 2
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    # nothing counted twice or left out: the FID of the two ranks' shares equals that of the same 8 samples
+    # (4 from seed 12345 + rank, per rank) scored in one process against the same 16 held-out images
+    assert fid[1] == pytest.approx(
+        single_process_fid(run / "checkpoints" / "last.ckpt", fid_weights, tmp_path), rel=1e-3
+    )
+
+
+def single_process_fid(ckpt, weights, tmp_path) -> float:
+    import hydra
+
+    from ddpm.build import build_sampler
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.images import to_rgb_uint8
+    from ddpm.metrics import install_reference, make_fid
+
+    module, cfg = load_checkpoint(ckpt)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("validate")
+    metric = make_fid(weights)
+    install_reference(metric, datamodule, str(tmp_path / "cache"), 16, weights)
+    sampler = build_sampler(module.diffusion, cfg.sampler)
+    for rank in (0, 1):
+        generator = torch.Generator().manual_seed(cfg.callbacks.fid.seed + rank)
+        metric.update(to_rgb_uint8(module.sample(sampler, 4, generator=generator)), real=False)
+    return metric.compute().item()
 
 
 def test_global_batch_that_does_not_split_is_one_sentence(run_train):

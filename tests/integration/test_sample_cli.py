@@ -37,8 +37,15 @@ def test_sample_writes_grid_and_npz(checkpoint, tmp_path, sampler, steps):
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = np.load(tmp_path / "out" / "samples.npz")["images"]
     assert images.shape == (6, 28, 28, 1) and images.dtype == np.uint8
-    with Image.open(tmp_path / "out" / "samples.png") as grid:
-        assert grid.size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
+    with Image.open(tmp_path / "out" / "samples.png") as png:
+        assert png.size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
+        grid = np.asarray(png.convert("RGB"))
+    # the .npz holds exactly the PNG's bytes: tile k of the 3-wide grid starts at 2 + 30 * (row, col)
+    assert images.std() > 0
+    for k in range(6):
+        row, col = divmod(k, 3)
+        tile = grid[2 + 30 * row : 30 + 30 * row, 2 + 30 * col : 30 + 30 * col]
+        assert np.array_equal(tile, np.repeat(images[k], 3, axis=2)), k
 
 
 def test_sampling_is_reproducible_from_the_seed(checkpoint, tmp_path):
