@@ -60,7 +60,8 @@ def main() -> None:
     x = torch.randn(shape)
     t = torch.randint(0, module.diffusion.num_timesteps, (args.batch,))
 
-    with torch.inference_mode():  # also the warm-up of the DDPM-1000 row, which runs first and is not repeated
+    # the forward timing is also the warm-up of the DDPM-1000 row, which runs first and is not repeated
+    with torch.inference_mode():
         fwd = timed(lambda: net(x, t), max(20, args.repeats))
     net_s = statistics.median(fwd)
 
