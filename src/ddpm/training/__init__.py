@@ -1,5 +1,6 @@
 """Lightning glue: the DiffusionModule (training_step, EMA) and one callback per file."""
 
+from ddpm.training.checkpoint_io import AtomicCheckpointIO
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.figures import ForwardProcessFigures
 from ddpm.training.last_checkpoint import LastCheckpoint
@@ -10,6 +11,7 @@ from ddpm.training.sample_grid import SampleGrid
 
 __all__ = [
     "EMA",
+    "AtomicCheckpointIO",
     "DiffusionModule",
     "ForwardProcessFigures",
     "LastCheckpoint",
