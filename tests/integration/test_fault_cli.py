@@ -17,7 +17,7 @@ from ddpm.checkpoint import read_checkpoint
 from tests.helpers.cli import TINY
 from tests.helpers.paths import ROOT
 
-MAX_STEPS = 12
+MAX_STEPS = 24
 # every 2 steps: validation (loss, grid) and a ModelCheckpoint write of last.ckpt; both pause in a marked window
 OVERRIDES = [
     *TINY,
@@ -37,13 +37,16 @@ def start(run_dir, markers) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def kill_when(proc: subprocess.Popen, marker, timeout: float = 120.0) -> bool:
-    """SIGKILL proc once `marker` exists (or, with marker None, now); False if the run ended first."""
+def kill_when(proc: subprocess.Popen, marker, delay: float = 0.0, timeout: float = 120.0) -> bool:
+    """SIGKILL proc `delay` seconds after `marker` appears; False if the run ended first."""
     deadline = time.monotonic() + timeout
-    while marker is not None and not marker.exists():
+    while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return True
@@ -59,9 +62,8 @@ def test_sigkill_at_any_moment_leaves_a_checkpoint_that_resumes(tmp_path):
         for m in markers.iterdir():
             m.unlink()
         proc = start(run, markers)
-        if moment == "random":
-            time.sleep(rng.uniform(4.0, 9.0))  # the process needs ~4 s to start: from its first steps on
-            killed = kill_when(proc, None) if proc.poll() is None else False
+        if moment == "random":  # anywhere in the next 1.5 s once the restarted run is training and validating
+            killed = kill_when(proc, markers / "validating", delay=rng.uniform(0.0, 1.5))
         else:
             killed = kill_when(proc, markers / moment)
         assert killed, f"the run ended before the kill ({moment}): {proc.stderr.read()[-2000:]}"

@@ -141,3 +141,11 @@ def test_same_seed_reproduces_the_same_weights(run_train, tmp_path):
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_wall_clock_budget_stops_the_run_and_leaves_last_ckpt(run_train, tmp_path):
+    proc = run_train("trainer.max_steps=-1", "trainer.max_time=00:00:00:04", "logger=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] > 0
+    assert list((tmp_path / "run" / "samples").glob("step_*.png"))  # the end-of-training grid

@@ -205,18 +205,8 @@ def make_sampler(diffusion: GaussianDiffusion, name: str = "ddim", **kwargs) -> 
     return SAMPLERS[name](diffusion, **kwargs)
 
 
-def p_sample_loop(
-    diffusion: GaussianDiffusion,
-    model: Model,
-    shape: tuple[int, ...],
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    progress: Progress | None = None,
-) -> Tensor:
+def p_sample_loop(diffusion: GaussianDiffusion, model: Model, shape: tuple[int, ...], **kwargs) -> Tensor:
     """Run the reverse chain from x_T ~ N(0, I) down to x_0 over all T steps (Algorithm 2 of Ho et al.):
-    x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), no noise at t = 1. The one loop of every sampler."""
-    return DDPMSampler(diffusion).sample(
-        model, shape, noise=noise, generator=generator, device=device, progress=progress
-    )
+    x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I), no noise at t = 1. Keyword arguments (noise, generator,
+    device, progress) are those of `Sampler.sample`, the one loop of every sampler."""
+    return DDPMSampler(diffusion).sample(model, shape, **kwargs)
