@@ -1,11 +1,13 @@
 """Diffusion math in plain PyTorch (no Lightning, no Hydra): schedules, the Gaussian process, samplers."""
 
 from ddpm.diffusion.process import (
+    LOSS_WEIGHTS,
     OBJECTIVES,
     VAR_TYPES,
     GaussianDiffusion,
     Model,
     Progress,
+    min_snr_weights,
     naive_step,
     q_step,
 )
@@ -22,6 +24,7 @@ from ddpm.diffusion.samplers import (
 from ddpm.diffusion.schedules import SCHEDULES, make_beta_schedule
 
 __all__ = [
+    "LOSS_WEIGHTS",
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULES",
@@ -35,6 +38,7 @@ __all__ = [
     "Sampler",
     "make_beta_schedule",
     "make_sampler",
+    "min_snr_weights",
     "naive_step",
     "p_sample_loop",
     "q_step",

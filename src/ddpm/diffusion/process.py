@@ -25,6 +25,19 @@ Progress = Callable[[Iterable[int], str], Iterable[int]]
 
 OBJECTIVES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_large", "fixed_small")
+LOSS_WEIGHTS = ("none", "min_snr")
+
+
+def min_snr_weights(snr: Tensor, objective: str, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) per timestep: the weight that makes the objective's MSE equal
+    min(SNR_t, gamma) ||x_0 - x0_theta||^2, i.e. min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v,
+    and min(SNR, gamma) for x0."""
+    clipped = snr.clamp(max=gamma)
+    if objective == "eps":
+        return clipped / snr
+    if objective == "v":
+        return clipped / (snr + 1.0)
+    return clipped
 
 
 def q_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
@@ -48,6 +61,8 @@ class GaussianDiffusion:
         objective: what the network predicts: "eps" (the paper's L_simple), "x0", or "v" (Salimans & Ho 2022).
         var_type: reverse-process variance sigma_t^2: "fixed_large" (beta_t) or "fixed_small" (betatilde_t).
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming the posterior mean when sampling.
+        loss_weight: "none" (L_simple: every t weighs 1) or "min_snr" (Hang et al. 2023, see `min_snr_weights`).
+        snr_gamma: gamma of min_snr.
     """
 
     def __init__(
@@ -56,7 +71,13 @@ class GaussianDiffusion:
         objective: str = "eps",
         var_type: str = "fixed_large",
         clip_denoised: bool = True,
+        loss_weight: str = "none",
+        snr_gamma: float = 5.0,
     ) -> None:
+        if loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"unknown loss_weight {loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
+        if not snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if var_type not in VAR_TYPES:
@@ -80,6 +101,13 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
         # signal-to-noise ratio of x_t: SNR(t) = alphabar_t / (1 - alphabar_t)
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        # the weight of each t in the training loss
+        self.loss_weight = loss_weight
+        self.loss_weights = (
+            min_snr_weights(self.snr, objective, snr_gamma)
+            if loss_weight == "min_snr"
+            else torch.ones_like(betas)
+        )
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 
@@ -227,16 +255,21 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ training
     def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Per-example mean squared error between the network output at x_t and the objective's target.
+        """Per-example mean squared error between the network output at x_t and the objective's target, times the
+        loss weight of t (1 for loss_weight="none").
 
-        For the eps objective this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 + sqrt(1-alphabar_t) eps, t) ||^2.
+        For the eps objective and no weighting this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 +
+        sqrt(1-alphabar_t) eps, t) ||^2.
         """
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
         model_output = model(x_t, t)
         target = self.training_target(x0, t, noise)
-        return F.mse_loss(model_output.float(), target, reduction="none").flatten(1).mean(1)
+        mse = F.mse_loss(model_output.float(), target, reduction="none").flatten(1).mean(1)
+        if self.loss_weight == "none":
+            return mse
+        return self._extract("loss_weights", t, mse).view(-1) * mse
 
     # ------------------------------------------------------------------ variational bound (bits per dimension)
     def prior_bpd(self, x0: Tensor) -> Tensor:
