@@ -22,7 +22,7 @@ def checkpoint(tmp_path_factory):
     return root / "run" / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 5)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 5), ("dpm_solver_pp", 4), ("unipc", 4)])
 def test_sample_writes_grid_and_npz(checkpoint, tmp_path, sampler, steps):
     proc = run_script(
         "sample.py",

@@ -11,18 +11,24 @@ A sampler with S steps visits timesteps tau_S > ... > tau_1 (a subset of 0..T-1)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ddpm.diffusion.process import GaussianDiffusion, Model, Progress
 
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "logsnr")
 
 
-def space_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[int]:
-    """`steps` distinct 0-based timesteps in [0, T-1], ascending, always including 0 and (for uniform) T-1.
+def space_timesteps(
+    num_timesteps: int, steps: int, spacing: str = "uniform", alphas_cumprod: Tensor | None = None
+) -> list[int]:
+    """`steps` distinct 0-based timesteps in [0, T-1], ascending, always including 0 and (uniform, logsnr) T-1.
 
-    uniform: evenly spaced over [0, T-1]; quadratic: t_i ~ (i / S)^2 (T - 1), denser near t = 0 (DDIM paper, CIFAR-10).
+    uniform: evenly spaced over [0, T-1]; quadratic: t_i ~ (i / S)^2 (T - 1), denser near t = 0 (DDIM paper, CIFAR-10);
+    logsnr: the timesteps nearest to S values evenly spaced in lambda = log(sqrt(alphabar / (1 - alphabar))) between
+    lambda(T-1) and lambda(0) (needs alphas_cumprod).
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sampler steps must be between 1 and T={num_timesteps}, got {steps}")
@@ -32,6 +38,12 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") ->
         return list(range(num_timesteps))
     if spacing == "uniform":
         grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64)
+    elif spacing == "logsnr":
+        if alphas_cumprod is None:
+            raise ValueError("logsnr spacing needs the schedule's alphas_cumprod")
+        lam = half_log_snr(alphas_cumprod.double())  # decreasing in t
+        targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+        grid = torch.stack([(lam - v).abs().argmin() for v in targets]).double()
     else:
         grid = torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps, dtype=torch.float64) ** 2
     ts = sorted({int(round(float(v))) for v in grid})
@@ -42,6 +54,11 @@ def space_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") ->
             ts.append(candidate)
         candidate += 1
     return sorted(ts)
+
+
+def half_log_snr(alphas_cumprod: Tensor) -> Tensor:
+    """lambda_t = log(alpha_t / sigma_t) = log(sqrt(alphabar_t / (1 - alphabar_t))), the time variable of DPM-Solver."""
+    return 0.5 * (torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod))
 
 
 def compiled_network(model: Model, device: torch.device) -> Model:
@@ -90,7 +107,9 @@ class Sampler:
         self.diffusion = diffusion
         self.compile = compile
         self.steps = steps or diffusion.num_timesteps
-        self.timesteps = space_timesteps(diffusion.num_timesteps, self.steps, spacing)
+        self.timesteps = space_timesteps(
+            diffusion.num_timesteps, self.steps, spacing, diffusion.alphas_cumprod
+        )
         ac = diffusion.alphas_cumprod[self.timesteps]
         self.alphas_cumprod = ac
         self.alphas_cumprod_prev = torch.cat([ac.new_ones(1), ac[:-1]])
@@ -102,6 +121,9 @@ class Sampler:
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
+
+    def start(self) -> None:
+        """Called before the first step of every chain (multistep solvers forget the previous chain here)."""
 
     @torch.no_grad()
     def sample(
@@ -122,6 +144,7 @@ class Sampler:
         cuda_graphs = self.compile and x.device.type == "cuda"
         if self.compile:
             model = compiled_network(model, x.device)
+        self.start()
         steps = range(len(self.timesteps) - 1, -1, -1)
         for i in progress(steps, f"sampling ({self.label})") if progress else steps:
             if cuda_graphs:  # the previous call's output is consumed: its graph memory may be reused
@@ -194,7 +217,148 @@ class DDIMSampler(Sampler):
         return out
 
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+class ODESolver(Sampler):
+    """Base of the multistep solvers of the probability-flow ODE in data-prediction form (DPM-Solver++, UniPC).
+
+    In lambda = log(alpha / sigma) (alpha = sqrt(alphabar), sigma = sqrt(1 - alphabar)) the exact solution from s to t
+    is x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda x0_theta(x_lambda) dlambda; the solvers
+    differ in how they approximate x0_theta over the step from the current and previous network outputs. The chain
+    visits tau_S > ... > tau_1 and ends with alphabar = 1 (sigma = 0), where the exact first-order step returns the
+    data prediction at tau_1, as DDIM does: S steps, S network calls, no noise drawn.
+    """
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        steps: int | None = 10,
+        spacing: str = "logsnr",
+        order: int = 2,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(diffusion, steps, spacing, compile)
+        if order not in (1, 2):
+            raise ValueError(f"{self.name} order must be 1 or 2, got {order}")
+        if order > len(self.timesteps):
+            raise ValueError(
+                f"{self.name} of order {order} needs at least {order} steps, got steps={len(self.timesteps)}: "
+                "use more steps or order=1"
+            )
+        self.order = order
+        # the last ODE step (into tau_1 = the paper's t = 1, where lambda jumps the most: 4.6 at t = 1 against 1.7
+        # at t = 52 on the linear schedule) is first order, as DPM-Solver++ and UniPC make their final steps
+        self.lower_order_final = True
+        ac = self.alphas_cumprod
+        self.alpha = ac.sqrt()
+        self.sigma = (1 - ac).sqrt()
+        self.lam = half_log_snr(ac)
+        self._history: list[tuple[int, Tensor]] = []  # (index, data prediction), newest last
+
+    def start(self) -> None:
+        self._history = []
+
+    def data_prediction(self, model: Model, x: Tensor, t: Tensor) -> Tensor:
+        return self.diffusion.predict_x0_and_eps(x, t, model(x, t))[0]
+
+    def first_order(self, x: Tensor, s: int, t: int, m0: Tensor) -> Tensor:
+        """DDIM in lambda: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) m0, h = lambda_t - lambda_s; the
+        final step (t = -1: alphabar = 1) returns m0."""
+        if t < 0:
+            return m0
+        h = float(self.lam[t] - self.lam[s])
+        return float(self.sigma[t] / self.sigma[s]) * x - float(self.alpha[t]) * math.expm1(-h) * m0
+
+
+class DPMSolverPPSampler(ODESolver):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): multistep, second order, data prediction.
+
+    With h = lambda_t - lambda_s, r = h_prev / h and the data predictions m0 at s and m1 at the step before:
+    x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, D = (1 + 1 / (2r)) m0 - m1 / (2r).
+    The first step has no m1 and the last one ends at sigma = 0: both are first order (lower order at the ends).
+    """
+
+    name = "dpm_solver_pp"
+
+    def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        m0 = self.data_prediction(model, x, t)
+        previous = self._history[-1] if self._history else None
+        self._history = [(i, m0)]
+        if self.order == 1 or previous is None or i == 0 or (i == 1 and self.lower_order_final):
+            return self.first_order(x, i, i - 1, m0)
+        j, m1 = previous
+        h = float(self.lam[i - 1] - self.lam[i])
+        r = float(self.lam[i] - self.lam[j]) / h
+        d = (1 + 1 / (2 * r)) * m0 - m1 / (2 * r)
+        return self.first_order(x, i, i - 1, d)
+
+
+class UniPCSampler(ODESolver):
+    """UniPC (Zhao et al. 2023) with B(h) = e^h - 1 ("bh2"), data prediction: the predictor UniP-p and, at no extra
+    network call, the corrector UniC-p, which uses the network output at the predicted point to correct it before
+    the next step (order p + 1).
+
+    Step from s (x_s, data prediction m0, previous m1 at lambda_1) to t, hh = -(lambda_t - lambda_s), B = e^hh - 1,
+    r1 = (lambda_1 - lambda_s) / (lambda_t - lambda_s), D1 = (m1 - m0) / r1:
+      predictor  x_t = (sigma_t / sigma_s) x_s - alpha_t B m0 - alpha_t B (D1 / 2)         (order 2; order 1: no D1)
+      corrector  x_t = (sigma_t / sigma_s) x_s - alpha_t B m0 - alpha_t B (rho_1 D1 + rho_t (m_t - m0)),
+    with (rho_1, rho_t) solving [[1, 1], [r1, 1]] rho = (phi_2 / B, 2 phi_3 / B), phi_2 = (e^hh - 1) / hh - 1,
+    phi_3 = phi_2 / hh - 1/2 (order 1: rho_t = 1/2). The first step and the last (to sigma = 0) are first order.
+    """
+
+    name = "unipc"
+
+    def start(self) -> None:
+        super().start()
+        self._last: tuple[int, Tensor] | None = None  # (index, x) the last predictor started from
+
+    def coefficients(self, s: int, t: int) -> tuple[float, float, float, float]:
+        """(sigma_t / sigma_s, alpha_t, hh, B) of the step from index s to index t."""
+        hh = -float(self.lam[t] - self.lam[s])
+        return float(self.sigma[t] / self.sigma[s]), float(self.alpha[t]), hh, math.expm1(hh)
+
+    def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
+        m_t = self.data_prediction(model, x, t)
+        if self._last is not None:  # correct the point the last predictor reached, with the output there
+            s, x_s = self._last
+            x = self.correct(x_s, s, i, m_t)
+        self._history = [*self._history[-1:], (i, m_t)]
+        self._last = (i, x)
+        if i == 0:
+            return m_t  # alphabar = 1: the exact first-order step returns the data prediction
+        return self.predict(x, i, i - 1)
+
+    def predict(self, x: Tensor, s: int, t: int) -> Tensor:
+        ratio, alpha_t, hh, b = self.coefficients(s, t)
+        m0 = self._history[-1][1]
+        out = ratio * x - alpha_t * b * m0
+        if self.order == 2 and len(self._history) == 2 and not (t == 0 and self.lower_order_final):
+            j, m1 = self._history[0]
+            r1 = float(self.lam[j] - self.lam[s]) / -hh
+            out = out - alpha_t * b * 0.5 * (m1 - m0) / r1
+        return out
+
+    def correct(self, x_s: Tensor, s: int, t: int, m_t: Tensor) -> Tensor:
+        ratio, alpha_t, hh, b = self.coefficients(s, t)
+        m0 = self._history[-1][1]
+        out = ratio * x_s - alpha_t * b * m0
+        if self.order == 1 or len(self._history) < 2:
+            return out - alpha_t * b * 0.5 * (m_t - m0)
+        j, m1 = self._history[0]
+        r1 = float(self.lam[j] - self.lam[s]) / -hh
+        phi2 = math.expm1(hh) / hh - 1
+        phi3 = phi2 / hh - 0.5
+        rho_1, rho_t = torch.linalg.solve(
+            torch.tensor([[1.0, 1.0], [r1, 1.0]], dtype=torch.float64),
+            torch.tensor([phi2 / b, 2 * phi3 / b], dtype=torch.float64),
+        ).tolist()
+        return out - alpha_t * b * (rho_1 * (m1 - m0) / r1 + rho_t * (m_t - m0))
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "dpm_solver_pp": DPMSolverPPSampler,
+    "unipc": UniPCSampler,
+}
 
 
 def make_sampler(diffusion: GaussianDiffusion, name: str = "ddim", **kwargs) -> Sampler:
