@@ -36,12 +36,13 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
     # nothing counted twice or left out: the FID of the two ranks' shares equals that of the same 8 samples
     # (4 from seed 12345 + rank, per rank) scored in one process against the same 16 held-out images
-    assert fid[1] == pytest.approx(
-        single_process_fid(run / "checkpoints" / "last.ckpt", fid_weights, tmp_path), rel=1e-3
-    )
+    single_fid, single_kid = single_process_scores(run / "checkpoints" / "last.ckpt", fid_weights, tmp_path)
+    assert fid[1] == pytest.approx(single_fid, rel=1e-3)
+    # KID from the features gathered from both ranks, in rank order: the same subsets as in one process
+    assert wb.values("val/kid_8_ddim3")[1] == pytest.approx(single_kid, rel=1e-3, abs=1e-6)
 
 
-def single_process_fid(ckpt, weights, tmp_path) -> float:
+def single_process_scores(ckpt, weights, tmp_path) -> tuple[float, float]:
     import hydra
 
     from ddpm.build import build_sampler
@@ -58,7 +59,7 @@ def single_process_fid(ckpt, weights, tmp_path) -> float:
     for rank in (0, 1):
         generator = torch.Generator().manual_seed(cfg.callbacks.fid.seed + rank)
         metric.update(to_rgb_uint8(module.sample(sampler, 4, generator=generator)), real=False)
-    return metric.compute().item()
+    return metric.compute().item(), metric.kid()[0]
 
 
 def test_global_batch_that_does_not_split_is_one_sentence(run_train):

@@ -39,6 +39,8 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert results["fid"]["key"] == "fid_8_ddim2" and results["fid"]["n"] == 8
     assert math.isfinite(results["fid"]["value"]) and results["fid"]["value"] > 0
+    assert results["fid"]["kid_key"] == "kid_8_ddim2" and math.isfinite(results["fid"]["kid"])
+    assert results["fid"]["kid_std"] >= 0 and "kid_8_ddim2" in proc.stdout
     assert results["fid"]["reference"] == "mnist5k held-out split, 16 images"
     nll = results["nll"]
     assert nll["n"] == 6 and 0 < nll["prior_bpd"] < nll["total_bpd"] and nll["decoder_bpd"] > 0

@@ -132,3 +132,43 @@ def test_reference_cache_is_keyed_by_the_images_not_the_folder_size(fid_weights,
     metric = make_fid(fid_weights)
     install_reference(metric, again, str(cache), None, fid_weights)
     assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_kid_equals_torch_fidelity_from_the_same_inception_pass(fid_weights, digits):
+    """KID with every subset the whole set (subset size = N): no sampling difference, so the values must agree."""
+    real, fake = digits
+    metric = make_fid(fid_weights)
+    metric.kid_subsets, metric.kid_subset_size = 3, 100
+    from ddpm.metrics.fid import compute_reference
+
+    compute_reference(metric, real)
+    metric.update(fid_images(fake), real=False)
+    ours, ours_std = metric.kid()
+    fid = metric.compute().item()  # the same pass gives FID
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8Set(fake),
+        input2=UInt8Set(real),
+        kid=True,
+        kid_subset_size=100,
+        kid_subsets=3,
+        feature_extractor_weights_path=fid_weights,
+        cuda=False,
+        verbose=False,
+        save_cpu_ram=True,
+    )
+    assert ours == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
+    assert ours > 0.01 and ours_std == pytest.approx(0.0, abs=1e-12)  # every subset is the same set
+    assert fid > 1.0
+
+
+def test_kid_is_unbiased_for_two_samples_of_one_distribution():
+    """Features of two independent samples of one Gaussian: KID averages to ~0 (it can be negative), while two
+    different Gaussians give a clearly positive value; the subsets' std is reported."""
+    from ddpm.metrics import kid_from_features
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
+    same, same_std = kid_from_features(a, b, subsets=50, subset_size=200)
+    shifted, _ = kid_from_features(a, b + 0.5, subsets=50, subset_size=200)
+    assert abs(same) < 3 * same_std + 1e-3 and same_std > 0
+    assert shifted > 10 * (abs(same) + same_std)

@@ -19,7 +19,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.errors import exit_on_config_error
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
-from ddpm.metrics import fid_key, fid_of_samples, install_reference, make_fid
+from ddpm.metrics import fid_key, install_reference, make_fid, score_samples
 from ddpm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
         )
         log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, sampler.label, n_ref)
-        value = fid_of_samples(
+        scores = score_samples(
             metric,
             lambda count, generator: module.sample(
                 sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar
@@ -66,7 +66,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         results["fid"] = {
             "key": fid_key(cfg.fid.n, sampler.label),
-            "value": float(value),
+            "value": scores["fid"],
+            "kid_key": fid_key(cfg.fid.n, sampler.label, "kid"),
+            "kid": scores["kid"],
+            "kid_std": scores["kid_std"],
             "n": cfg.fid.n,
             "sampler": sampler.label,
             "network_calls_per_image": len(sampler.timesteps),
@@ -106,6 +109,9 @@ def _print(results: dict[str, Any], path: Path) -> None:
     if "fid" in results:
         fid = results["fid"]
         table.add_row(f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}")
+        table.add_row(
+            f"{fid['kid_key']} (mean ± std over subsets)", f"{fid['kid']:.4f} ± {fid['kid_std']:.4f}"
+        )
     if "nll" in results:
         table.add_row(
             f"NLL bits/dim ({results['nll']['n']} held-out images)", f"{results['nll']['total_bpd']:.3f}"

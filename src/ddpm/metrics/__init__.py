@@ -2,24 +2,28 @@
 
 from ddpm.metrics.fid import (
     WEIGHTS_ENV,
+    InceptionMetrics,
     fid_key,
-    fid_of_samples,
     load_or_compute_reference,
     make_fid,
     resolve_weights,
+    score_samples,
     set_reference,
 )
+from ddpm.metrics.kid import kid_from_features
 from ddpm.metrics.reference import content_key, install_reference, reference_cache_path
 
 __all__ = [
     "WEIGHTS_ENV",
     "content_key",
     "fid_key",
-    "fid_of_samples",
+    "InceptionMetrics",
     "install_reference",
+    "kid_from_features",
     "load_or_compute_reference",
     "make_fid",
     "reference_cache_path",
     "resolve_weights",
+    "score_samples",
     "set_reference",
 ]

@@ -26,10 +26,12 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ddpm.errors import ConfigError
 from ddpm.images import to_rgb_uint8
+from ddpm.metrics.kid import kid_from_features
 
 WEIGHTS_ENV = "DDPM_FID_WEIGHTS"
 OFFICIAL_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+_REFERENCE_KEYS = (*_REAL_STATES, "real_features")  # the sums for FID, the features themselves for KID
 
 
 def resolve_weights(path: str | None = None) -> str | None:
@@ -66,14 +68,57 @@ def weights_id(path: str | None) -> str:
     return _weights_digests[key]
 
 
-def make_fid(weights_path: str | None = None) -> FrechetInceptionDistance:
-    """torchmetrics FID on the standard Inception, 2048-d features, TF1 bilinear resize, real statistics kept on reset.
+class InceptionMetrics(FrechetInceptionDistance):
+    """torchmetrics' FID, which also keeps the generated images' features, so that KID (see `ddpm.metrics.kid`) comes
+    from the same single Inception pass. `compute()` is FID; `kid()` is (mean, std) against `real_features`, the
+    reference features installed with the statistics (`set_reference`). Under DDP the generated features of all ranks
+    are gathered (a `cat` state), like FID's sums."""
+
+    def __init__(self, *args, kid_subsets: int = 100, kid_subset_size: int = 1000, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.real_features: Tensor | None = None
+
+    def features(self, imgs: Tensor) -> Tensor:
+        """Inception pool features [B, 2048] of uint8 images, in float64."""
+        features = self.inception(imgs)
+        self.orig_dtype = features.dtype
+        return features.double().reshape(len(imgs), -1)
+
+    def add_features(self, features: Tensor, real: bool) -> None:
+        prefix = "real" if real else "fake"
+        getattr(self, f"{prefix}_features_sum").add_(features.sum(dim=0))
+        getattr(self, f"{prefix}_features_cov_sum").add_(features.t().mm(features))
+        getattr(self, f"{prefix}_features_num_samples").add_(features.shape[0])
+        if not real:
+            self.fake_features.append(features.float())
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        self.add_features(self.features(imgs), real)
+
+    def kid(self, seed: int = 0) -> tuple[float, float]:
+        """KID (mean, std over subsets) of the generated features so far against the reference features."""
+        if self.real_features is None:
+            raise RuntimeError("KID needs the reference features: install them with set_reference")
+        with self.sync_context():
+            fake = (
+                self.fake_features
+                if isinstance(self.fake_features, Tensor)
+                else torch.cat(self.fake_features)
+            )
+            return kid_from_features(self.real_features, fake, self.kid_subsets, self.kid_subset_size, seed)
+
+
+def make_fid(weights_path: str | None = None) -> InceptionMetrics:
+    """FID (torchmetrics) and KID on the standard Inception, 2048-d features, TF1 bilinear resize, real statistics kept
+    on reset.
 
     With no local weights and no network, says in one sentence what to set instead of failing in a download.
     """
     weights_path = resolve_weights(weights_path)
     try:
-        metric = FrechetInceptionDistance(
+        metric = InceptionMetrics(
             feature=2048,
             reset_real_features=False,
             normalize=False,
@@ -89,10 +134,10 @@ def make_fid(weights_path: str | None = None) -> FrechetInceptionDistance:
     return metric
 
 
-def fid_key(n: int, sampler_label: str) -> str:
-    """Metric name with N and sampler: fid_1k_ddim50, fid_500_ddpm1000, fid_50k_ddim100."""
+def fid_key(n: int, sampler_label: str, metric: str = "fid") -> str:
+    """Metric name with N and sampler: fid_1k_ddim50, fid_500_ddpm1000, kid_50k_ddim100 (metric="kid")."""
     count = f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
-    return f"fid_{count}_{sampler_label}"
+    return f"{metric}_{count}_{sampler_label}"
 
 
 @torch.no_grad()
@@ -100,21 +145,32 @@ def compute_reference(
     metric: FrechetInceptionDistance, images: Tensor | Iterable[Tensor], batch_size: int = 100
 ) -> dict[str, Tensor]:
     """Feed real images through the metric: one float tensor in [-1, 1] (split into batches), or batches that are
-    float (model space) or already the uint8 Inception input. Returns the metric's real-feature statistics."""
+    float (model space) or already the uint8 Inception input. Returns the reference: the metric's real-feature
+    statistics (FID) and the features themselves (KID), and installs the features in the metric."""
     batches = images.split(batch_size) if isinstance(images, Tensor) else images
     device = metric.real_features_sum.device
+    kept = []
     for batch in batches:
         batch = batch[0] if isinstance(batch, (list, tuple)) else batch
         u8 = batch if batch.dtype == torch.uint8 else to_rgb_uint8(batch)
-        metric.update(u8.to(device), real=True)
-    return {k: getattr(metric, k).detach().cpu().clone() for k in _REAL_STATES}
+        features = metric.features(u8.to(device))
+        metric.add_features(features, real=True)
+        kept.append(features.float().cpu())
+    stats = {k: getattr(metric, k).detach().cpu().clone() for k in _REAL_STATES}
+    stats["real_features"] = torch.cat(kept) if kept else torch.zeros(0, metric.real_features_sum.shape[0])
+    metric.real_features = stats["real_features"]
+    return stats
 
 
-def set_reference(metric: FrechetInceptionDistance, stats: dict[str, Tensor] | None) -> None:
-    """Install real-feature statistics (None: zeros, for DDP ranks other than 0 whose states are summed in)."""
+def set_reference(
+    metric: InceptionMetrics, stats: dict[str, Tensor] | None, features: Tensor | None = None
+) -> None:
+    """Install real-feature statistics (None: zeros, for DDP ranks other than 0 whose states are summed in) and the
+    reference features for KID (from `stats`, or `features` on the other DDP ranks)."""
     for k in _REAL_STATES:
         state = getattr(metric, k)
         state.copy_(stats[k].to(state.device) if stats is not None else torch.zeros_like(state))
+    metric.real_features = stats["real_features"] if stats is not None else features
 
 
 def load_or_compute_reference(
@@ -124,7 +180,7 @@ def load_or_compute_reference(
     if cache_path.is_file():
         try:
             stats = torch.load(cache_path, map_location="cpu", weights_only=True)
-            if set(stats) == set(_REAL_STATES):
+            if set(stats) == set(_REFERENCE_KEYS):  # older cache files hold no features: computed anew
                 return stats
         except Exception:  # a truncated cache file: recompute it
             pass
@@ -137,8 +193,8 @@ def load_or_compute_reference(
 
 
 @torch.no_grad()
-def fid_of_samples(
-    metric: FrechetInceptionDistance,
+def score_samples(
+    metric: InceptionMetrics,
     draw: Callable[[int, torch.Generator], Tensor],
     n: int,
     batch_size: int,
@@ -147,13 +203,15 @@ def fid_of_samples(
     device: torch.device | str = "cpu",
     rank: int = 0,
     world_size: int = 1,
-) -> Tensor:
-    """FID of n fresh samples against the installed reference. `draw(count, generator)` returns `count` model-space
-    images; this rank draws its share of the n (n // world_size, one more on the first n % world_size ranks) from a
-    generator seeded with seed + rank, and torchmetrics sums the feature statistics across ranks."""
+) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) of n fresh samples against the installed reference, from one Inception
+    pass. `draw(count, generator)` returns `count` model-space images; this rank draws its share of the n
+    (n // world_size, one more on the first n % world_size ranks) from a generator seeded with seed + rank, and
+    torchmetrics gathers the features across ranks."""
     metric.reset()  # fake features only: reset_real_features=False
     share = n // world_size + (1 if rank < n % world_size else 0)
     generator = torch.Generator(device=device).manual_seed(seed + rank)
     for start in range(0, share, batch_size):
         metric.update(to_rgb_uint8(draw(min(batch_size, share - start), generator)), real=False)
-    return metric.compute()
+    kid, kid_std = metric.kid()
+    return {"fid": float(metric.compute()), "kid": kid, "kid_std": kid_std}

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -56,13 +57,15 @@ def install_reference(
     ranks hold zeros that the cross-rank sum adds in). Returns the number of reference images."""
     held_out = datamodule.val_set
     n_ref = min(reference_n or len(held_out), len(held_out))
-    stats = None
-    if is_rank_zero:
-        batches = reference_batches(held_out, n_ref)
-        key = content_key(batches, resolve_weights(weights_path))
-        path = reference_cache_path(cache_dir, datamodule.source, n_ref, key)
-        stats = load_or_compute_reference(metric, batches, path)
+    batches = reference_batches(held_out, n_ref)
+    path = reference_cache_path(
+        cache_dir, datamodule.source, n_ref, content_key(batches, resolve_weights(weights_path))
+    )
+    stats = load_or_compute_reference(metric, batches, path) if is_rank_zero else None
     if barrier is not None:
         barrier()
-    set_reference(metric, stats)
+    if is_rank_zero:
+        set_reference(metric, stats)
+    else:  # the sums stay on rank 0 (they are summed across ranks); every rank needs the features for KID
+        set_reference(metric, None, torch.load(path, map_location="cpu", weights_only=True)["real_features"])
     return n_ref

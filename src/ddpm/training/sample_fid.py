@@ -8,15 +8,16 @@ from typing import Any
 import lightning as L
 import torch
 
-from ddpm.metrics import fid_key, fid_of_samples, install_reference, make_fid
+from ddpm.metrics import fid_key, install_reference, make_fid, score_samples
 from ddpm.training.sample_grid import DEFAULT_SAMPLER, sampler_of
 
 
 class SampleFID(L.Callback):
-    """After validation, draw `n` samples with the EMA weights and log FID against the held-out split.
+    """After validation, draw `n` samples with the EMA weights and log FID and KID against the held-out split.
 
     `sampler` is a sampler node (conf/sampler/*.yaml; train.py passes its `sampler` group). The metric is named
-    val/fid_<n>_<sampler> (e.g. val/fid_1k_ddim50): FID at different N is not comparable.
+    val/fid_<n>_<sampler> (e.g. val/fid_1k_ddim50): FID at different N is not comparable. KID comes from the same
+    Inception features: val/kid_<n>_<sampler> (mean over subsets) and val/kid_std_<n>_<sampler>.
     Under DDP every rank draws its own share of the n samples from its own seed and torchmetrics sums the feature
     statistics across ranks: no duplicated samples, no images gathered on rank 0. The held-out reference statistics
     are computed once (rank 0), cached on disk, and installed on rank 0 only (the other ranks add zeros).
@@ -50,7 +51,8 @@ class SampleFID(L.Callback):
         self._improved = False
 
     @torch.no_grad()
-    def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[str, torch.Tensor]:
+    def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """{val/fid_<n>_<sampler>: FID, val/kid_<n>_<sampler>: KID mean, val/kid_std_<n>_<sampler>: its std}."""
         self.metric.to(pl_module.device)
         if not self._reference_loaded:
             install_reference(
@@ -64,7 +66,7 @@ class SampleFID(L.Callback):
             )
             self._reference_loaded = True
         sampler = sampler_of(pl_module.diffusion, self.sampler)
-        value = fid_of_samples(
+        scores = score_samples(
             self.metric,
             lambda count, generator: pl_module.sample(sampler, count, generator=generator),
             self.n,
@@ -74,7 +76,9 @@ class SampleFID(L.Callback):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        return f"val/{fid_key(self.n, sampler.label)}", value
+        return {
+            f"val/{fid_key(self.n, sampler.label, name)}": scores[name] for name in ("fid", "kid", "kid_std")
+        }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -82,11 +86,13 @@ class SampleFID(L.Callback):
         self._validations += 1
         if (self._validations - 1) % self.every_n_validations:
             return
-        key, value = self.compute(trainer, pl_module)
-        pl_module.log(key, value, sync_dist=False)
-        self._improved = self.best is None or float(value) < self.best
+        scores = self.compute(trainer, pl_module)
+        for key, value in scores.items():
+            pl_module.log(key, value, sync_dist=False)
+        fid = next(v for k, v in scores.items() if k.startswith("val/fid_"))
+        self._improved = self.best is None or fid < self.best
         if self._improved:
-            self.best = float(value)
+            self.best = fid
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._improved and self.best_path and not trainer.sanity_checking:
