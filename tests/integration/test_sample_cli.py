@@ -64,9 +64,9 @@ def test_sampling_is_reproducible_from_the_seed(checkpoint, tmp_path):
     assert np.array_equal(outs[0], outs[1])
 
 
-def _bad(tmp_path, ckpt) -> str:
+def _bad(tmp_path, ckpt, *overrides: str) -> str:
     proc = run_script(
-        "sample.py", f"ckpt_path={ckpt}", "n=2", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path
+        "sample.py", f"ckpt_path={ckpt}", "n=2", *overrides, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return proc.stderr
@@ -95,3 +95,26 @@ def test_mismatched_checkpoint(checkpoint, tmp_path):
 def test_ckpt_path_is_required(tmp_path):
     proc = run_script("sample.py", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
     assert proc.returncode == 2 and "these config values must be set: ckpt_path" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["sampler.name=heun"],
+            "error: invalid sampler config: unknown sampler 'heun': choose one of ddpm, ddim",
+        ),
+        (
+            ["sampler.steps=0"],
+            "error: invalid sampler config: sampler steps must be between 1 and T=100, got 0",
+        ),
+        (["sampler=unipc", "sampler.steps=101"], "sampler steps must be between 1 and T=100, got 101"),
+        (
+            ["sampler=dpm_solver_pp", "sampler.steps=1"],
+            "dpm_solver_pp of order 2 needs at least 2 steps, got steps=1",
+        ),
+    ],
+)
+def test_a_bad_sampler_is_one_sentence_before_sampling(checkpoint, tmp_path, overrides, message):
+    assert message in _bad(tmp_path, checkpoint, *overrides)
+    assert not (tmp_path / "out" / "samples.npz").exists()

@@ -106,7 +106,7 @@ class Sampler:
     ) -> None:
         self.diffusion = diffusion
         self.compile = compile
-        self.steps = steps or diffusion.num_timesteps
+        self.steps = diffusion.num_timesteps if steps is None else steps
         self.timesteps = space_timesteps(
             diffusion.num_timesteps, self.steps, spacing, diffusion.alphas_cumprod
         )
