@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -149,3 +150,23 @@ def test_a_wall_clock_budget_stops_the_run_and_leaves_last_ckpt(run_train, tmp_p
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] > 0
     assert list((tmp_path / "run" / "samples").glob("step_*.png"))  # the end-of-training grid
+
+
+def test_a_headless_run_prints_progress_lines_and_a_summary_without_noise(run_train, tmp_path):
+    """stdout is a pipe here, as under SLURM or nohup: progress lines (every 0 s here), a closing summary that says
+    where the files are, and none of the libraries' messages a user cannot act on."""
+    proc = run_train("callbacks.headless_progress.every_s=0")
+    _ok(proc)
+    lines = [line for line in proc.stdout.splitlines() if "[ddpm.progress]" in line]
+    assert len(lines) >= 3, proc.stdout[-3000:]
+    assert re.search(
+        r"step 4/4 \\| loss [\\d.]+ \\| [\\d.]+ img/s \\| elapsed \\d+:\\d\\d \\| ETA 0:00", lines[-1]
+    ), lines
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert "run finished: step 4 in " in proc.stdout and f"python sample.py ckpt_path={ckpt}" in proc.stdout
+    assert f"python evaluate.py ckpt_path={ckpt}" in proc.stdout and "wandb leet" in proc.stdout
+    assert (tmp_path / "run" / "train.log").read_text().count("[ddpm.progress]") == len(
+        lines
+    )  # the log file too
+    out = proc.stdout + proc.stderr
+    assert "litlogger" not in out and "anonymous setting" not in out and "LeafSpec" not in out

@@ -138,3 +138,12 @@ def test_progress_bar_reads_metrics_every_n_steps(monkeypatch):
         callbacks=[CountingBar(metrics_every_n_steps=3)],
     ).fit(tiny_module(), loader(64))
     assert reads == [3, 6]
+
+
+def test_eta_is_the_sooner_of_max_steps_and_max_time():
+    from ddpm.training.headless_progress import clock, eta_seconds
+
+    assert eta_seconds(10, 90, 20.0, None) == 180.0  # 2 s per step, 90 steps left
+    assert eta_seconds(10, 90, 20.0, 60.0) == 60.0  # the time budget ends first
+    assert eta_seconds(0, 90, 0.0, None) is None and eta_seconds(5, None, 1.0, None) is None
+    assert clock(59.6) == "1:00" and clock(3725) == "1:02:05" and clock(None) == "?"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,16 @@ from ddpm.host_memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
-# Lightning warns on every mid-epoch resume unless the DataLoader itself is stateful; ours resumes through the
-# DataModule's state_dict (EpochSampler), so the warning is wrong here.
+# Console noise a user cannot act on. Lightning warns on every mid-epoch resume unless the DataLoader itself is
+# stateful; ours resumes through the DataModule's state_dict (EpochSampler), so the warning is wrong here. It also
+# warns that checkpoints load with weights_only=False (they are this project's own) and about its own use of torch's
+# pytree API, and advertises a cloud logger on every run.
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+warnings.filterwarnings("ignore", message=".*`weights_only` was not set.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda r: "litlogger" not in r.getMessage()
+)
 
 
 # the numeric values a user sets most, with their type: a wrong type stops the run with the key's name
@@ -155,13 +163,41 @@ def train(cfg: DictConfig) -> float | None:
     log.info("model: %s, %.2fM parameters", cfg.model._target_, module.num_parameters / 1e6)
     log.info("run directory: %s", cfg.paths.output_dir)
 
+    start = time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:
+            report_run(trainer, Path(cfg.paths.output_dir), time.monotonic() - start)
     finally:  # a sweep runs its jobs in one process: each job's W&B run must end before the next starts
         if trainer.is_global_zero and any(isinstance(lg, WandbLogger) for lg in loggers) and wandb.run:
             wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
+    """A few lines when training ends: what the run reached and where its files are, with the next commands."""
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))
+    }
+    reached = " · ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())) or "no metrics logged"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    grids = sorted((out / "samples").glob("step_*.png"))
+    runs = sorted((out / "wandb").glob("offline-run-*")) + sorted((out / "wandb").glob("run-*"))
+    lines = [
+        f"run finished: step {trainer.global_step} in {seconds / 60:.1f} min; {reached}",
+        f"  checkpoint: {ckpt}" if ckpt.is_file() else "  checkpoint: none written",
+    ]
+    if grids:
+        lines.append(f"  last grid:  {grids[-1]}")
+    if runs:
+        lines.append(
+            f"  W&B run:    {runs[-1]}  (view: wandb leet {out / 'wandb'}; upload: wandb sync {runs[-1]})"
+        )
+    if ckpt.is_file():
+        lines.append(f"  sample:     python sample.py ckpt_path={ckpt}")
+        lines.append(f"  evaluate:   python evaluate.py ckpt_path={ckpt}")
+    log.info("\n".join(lines))
 
 
 def optimized_value(metrics: dict[str, Any], name: str) -> float | None:

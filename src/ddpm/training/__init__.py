@@ -3,21 +3,25 @@
 from ddpm.training.checkpoint_io import AtomicCheckpointIO
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.figures import ForwardProcessFigures
+from ddpm.training.headless_progress import HeadlessProgress
 from ddpm.training.last_checkpoint import LastCheckpoint
 from ddpm.training.module import DiffusionModule, NonFiniteLossError
 from ddpm.training.progress_bar import StepProgressBar
 from ddpm.training.sample_fid import SampleFID
 from ddpm.training.sample_grid import SampleGrid
+from ddpm.training.wandb_logger import WandbLogger
 
 __all__ = [
     "EMA",
     "AtomicCheckpointIO",
     "DiffusionModule",
     "ForwardProcessFigures",
+    "HeadlessProgress",
     "LastCheckpoint",
     "NonFiniteLossError",
     "SampleFID",
     "SampleGrid",
     "StepProgressBar",
+    "WandbLogger",
     "ema_decay_at",
 ]
