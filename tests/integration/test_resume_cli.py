@@ -62,6 +62,11 @@ def test_sigterm_saves_a_checkpoint_and_ckpt_path_last_resumes_it(tmp_path):
     second = next(r for r in runs.iterdir() if r != first)
     final = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert final["global_step"] == stopped + 1  # the step counter continued
+    # the run's clock continued too: images seen and wall-clock time count the first segment
+    batch = saved["ImageDataModule"]["batch_size"]
+    assert saved["callbacks"]["RunClock"]["images_seen"] == stopped * batch
+    assert final["callbacks"]["RunClock"]["images_seen"] == (stopped + 1) * batch
+    assert final["callbacks"]["RunClock"]["elapsed_s"] > saved["callbacks"]["RunClock"]["elapsed_s"] > 0
     with open(next(second.rglob("metrics.csv"))) as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert steps == [stopped]  # the one resumed step is logged as step `stopped` (0-based), not 0

@@ -33,6 +33,10 @@ def test_default_train_writes_checkpoint_grids_and_wandb_run(run_train, tmp_path
     assert {"train/loss", "val/loss", "lr-AdamW", "train/ema_decay", "trainer/global_step"} <= wb.history_keys
     assert len(wb.values("val/samples/_type")) == 2
     assert all(loss > 0 for loss in wb.values("train/loss"))
+    # quality can be plotted against compute: images seen (batch 8 x steps 2, 4) and wall-clock at each validation
+    assert wb.values("time/images_seen") == [16.0, 32.0]
+    elapsed = wb.values("time/elapsed_s")
+    assert len(elapsed) == 2 and 0 < elapsed[0] < elapsed[1]
     # once at the start: the forward process picture, the alphabar / SNR curves and their table
     assert len(wb.values("schedule/forward_process/_type")) == len(wb.values("schedule/curves/_type")) == 1
     assert wb.values("schedule/alphabar_snr/_type") == ["table-file"]

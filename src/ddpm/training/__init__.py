@@ -7,6 +7,7 @@ from ddpm.training.headless_progress import HeadlessProgress
 from ddpm.training.last_checkpoint import LastCheckpoint
 from ddpm.training.module import DiffusionModule, NonFiniteLossError
 from ddpm.training.progress_bar import StepProgressBar
+from ddpm.training.run_clock import RunClock
 from ddpm.training.sample_fid import SampleFID
 from ddpm.training.sample_grid import SampleGrid
 from ddpm.training.wandb_logger import WandbLogger
@@ -19,6 +20,7 @@ __all__ = [
     "HeadlessProgress",
     "LastCheckpoint",
     "NonFiniteLossError",
+    "RunClock",
     "SampleFID",
     "SampleGrid",
     "StepProgressBar",
