@@ -171,6 +171,7 @@ class DDPMSampler(Sampler):
         compile: bool = False,
     ) -> None:
         super().__init__(diffusion, steps, spacing, compile)
+        self._respaced: RespacedModel | None = None
         var_type = var_type or diffusion.var_type
         if self.steps == diffusion.num_timesteps and var_type == diffusion.var_type:
             self.chain = diffusion  # nothing respaced: the chain is the diffusion itself
@@ -181,10 +182,12 @@ class DDPMSampler(Sampler):
         )
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
-        index = torch.full_like(
-            t, i
-        )  # the chain's own step i; RespacedModel gives the network timesteps[i] = t
-        return self.chain.p_sample(RespacedModel(model, self.timesteps), x, index, generator=generator)
+        # the chain's own step i; RespacedModel gives the network the original timestep timesteps[i] = t, with one
+        # wrapper (and one device copy of the map) per network, not one per step
+        index = torch.full_like(t, i)
+        if self._respaced is None or self._respaced.model is not model:
+            self._respaced = RespacedModel(model, self.timesteps)
+        return self.chain.p_sample(self._respaced, x, index, generator=generator)
 
 
 class DDIMSampler(Sampler):
