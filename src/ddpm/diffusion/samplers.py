@@ -227,7 +227,9 @@ class ODESolver(Sampler):
     is x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda x0_theta(x_lambda) dlambda; the solvers
     differ in how they approximate x0_theta over the step from the current and previous network outputs. The chain
     visits tau_S > ... > tau_1 and ends with alphabar = 1 (sigma = 0), where the exact first-order step returns the
-    data prediction at tau_1, as DDIM does: S steps, S network calls, no noise drawn.
+    data prediction at tau_1, as DDIM does: S steps, S network calls, no noise drawn. The ODE step into tau_1 (the
+    paper's t = 1, where lambda jumps the most: 4.6 at t = 1 against 1.7 at t = 52 on the linear schedule) is first
+    order, as DPM-Solver++ and UniPC make their final steps.
     """
 
     def __init__(
@@ -247,17 +249,14 @@ class ODESolver(Sampler):
                 "use more steps or order=1"
             )
         self.order = order
-        # the last ODE step (into tau_1 = the paper's t = 1, where lambda jumps the most: 4.6 at t = 1 against 1.7
-        # at t = 52 on the linear schedule) is first order, as DPM-Solver++ and UniPC make their final steps
-        self.lower_order_final = True
         ac = self.alphas_cumprod
         self.alpha = ac.sqrt()
         self.sigma = (1 - ac).sqrt()
         self.lam = half_log_snr(ac)
-        self._history: list[tuple[int, Tensor]] = []  # (index, data prediction), newest last
+        self.start()
 
     def start(self) -> None:
-        self._history = []
+        self._history: list[tuple[int, Tensor]] = []  # (index, data prediction), newest last
 
     def data_prediction(self, model: Model, x: Tensor, t: Tensor) -> Tensor:
         return self.diffusion.predict_x0_and_eps(x, t, model(x, t))[0]
@@ -276,7 +275,7 @@ class DPMSolverPPSampler(ODESolver):
 
     With h = lambda_t - lambda_s, r = h_prev / h and the data predictions m0 at s and m1 at the step before:
     x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, D = (1 + 1 / (2r)) m0 - m1 / (2r).
-    The first step has no m1 and the last one ends at sigma = 0: both are first order (lower order at the ends).
+    The first step has no m1; the step into tau_1 and the last one (to sigma = 0) are first order (see ODESolver).
     """
 
     name = "dpm_solver_pp"
@@ -285,7 +284,7 @@ class DPMSolverPPSampler(ODESolver):
         m0 = self.data_prediction(model, x, t)
         previous = self._history[-1] if self._history else None
         self._history = [(i, m0)]
-        if self.order == 1 or previous is None or i == 0 or (i == 1 and self.lower_order_final):
+        if self.order == 1 or previous is None or i <= 1:  # first order: the first step and the last two
             return self.first_order(x, i, i - 1, m0)
         j, m1 = previous
         h = float(self.lam[i - 1] - self.lam[i])
@@ -304,7 +303,8 @@ class UniPCSampler(ODESolver):
       predictor  x_t = (sigma_t / sigma_s) x_s - alpha_t B m0 - alpha_t B (D1 / 2)         (order 2; order 1: no D1)
       corrector  x_t = (sigma_t / sigma_s) x_s - alpha_t B m0 - alpha_t B (rho_1 D1 + rho_t (m_t - m0)),
     with (rho_1, rho_t) solving [[1, 1], [r1, 1]] rho = (phi_2 / B, 2 phi_3 / B), phi_2 = (e^hh - 1) / hh - 1,
-    phi_3 = phi_2 / hh - 1/2 (order 1: rho_t = 1/2). The first step and the last (to sigma = 0) are first order.
+    phi_3 = phi_2 / hh - 1/2 (order 1: rho_t = 1/2). The first predictor, the one into tau_1 and the last step
+    (to sigma = 0) are first order.
     """
 
     name = "unipc"
@@ -313,10 +313,10 @@ class UniPCSampler(ODESolver):
         super().start()
         self._last: tuple[int, Tensor] | None = None  # (index, x) the last predictor started from
 
-    def coefficients(self, s: int, t: int) -> tuple[float, float, float, float]:
-        """(sigma_t / sigma_s, alpha_t, hh, B) of the step from index s to index t."""
+    def coefficients(self, s: int, t: int) -> tuple[float, float, float]:
+        """(alpha_t, hh, B) of the step from index s to index t."""
         hh = -float(self.lam[t] - self.lam[s])
-        return float(self.sigma[t] / self.sigma[s]), float(self.alpha[t]), hh, math.expm1(hh)
+        return float(self.alpha[t]), hh, math.expm1(hh)
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
         m_t = self.data_prediction(model, x, t)
@@ -330,19 +330,19 @@ class UniPCSampler(ODESolver):
         return self.predict(x, i, i - 1)
 
     def predict(self, x: Tensor, s: int, t: int) -> Tensor:
-        ratio, alpha_t, hh, b = self.coefficients(s, t)
+        alpha_t, hh, b = self.coefficients(s, t)
         m0 = self._history[-1][1]
-        out = ratio * x - alpha_t * b * m0
-        if self.order == 2 and len(self._history) == 2 and not (t == 0 and self.lower_order_final):
+        out = self.first_order(x, s, t, m0)  # (sigma_t / sigma_s) x_s - alpha_t B m0
+        if self.order == 2 and len(self._history) == 2 and t > 0:  # the step into tau_1 stays first order
             j, m1 = self._history[0]
             r1 = float(self.lam[j] - self.lam[s]) / -hh
             out = out - alpha_t * b * 0.5 * (m1 - m0) / r1
         return out
 
     def correct(self, x_s: Tensor, s: int, t: int, m_t: Tensor) -> Tensor:
-        ratio, alpha_t, hh, b = self.coefficients(s, t)
+        alpha_t, hh, b = self.coefficients(s, t)
         m0 = self._history[-1][1]
-        out = ratio * x_s - alpha_t * b * m0
+        out = self.first_order(x_s, s, t, m0)
         if self.order == 1 or len(self._history) < 2:
             return out - alpha_t * b * 0.5 * (m_t - m0)
         j, m1 = self._history[0]
