@@ -26,12 +26,16 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
 
 
 def build_network(cfg: DictConfig) -> torch.nn.Module:
-    """The network of cfg.model: `hydra.utils.instantiate(cfg.model)`.
+    """The network of cfg.model: `hydra.utils.instantiate(cfg.model)`, with twice the image channels out when the
+    diffusion learns its reverse variance (diffusion.var_type=learned_range: the prediction, then the variance values).
 
     Run configs written before `compile` became a top-level setting carry it as model.compile; it is dropped here so
     their checkpoints still load."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("compile", None)
+    if cfg.diffusion.get("var_type") == "learned_range":
+        in_channels = model_cfg.get("in_channels", 3)
+        model_cfg["out_channels"] = 2 * (model_cfg.get("out_channels") or in_channels)
     return building("model", lambda: hydra.utils.instantiate(model_cfg))
 
 

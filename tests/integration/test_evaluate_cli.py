@@ -54,3 +54,82 @@ def test_evaluate_bad_checkpoint_is_one_sentence(tmp_path):
         "evaluate.py", f"ckpt_path={bad}", "metrics=[nll]", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path
     )
     assert proc.returncode == 2 and "could not be read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_quality_vs_nfe_sweep_writes_table_csv_plot_and_wandb(tmp_path, fid_weights, monkeypatch):
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
+    proc = run_script(
+        "train.py",
+        *TINY,
+        "logger=none",
+        "~callbacks.sample_grid",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    common = [f"ckpt_path={ckpt}", "metrics=[fid]", "fid.n=8", "fid.batch_size=8", "fid.reference_n=16"]
+
+    # a cell the sampler cannot run is refused before any sampling, in one sentence
+    bad = run_script(
+        "evaluate.py",
+        *common,
+        "sweep.samplers=[ddim,dpm_solver_pp]",
+        "sweep.steps=[1,3]",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert "sweep cell dpm_solver_pp with 1 steps" in bad.stderr and "needs at least 2 steps" in bad.stderr
+    unknown = run_script(
+        "evaluate.py",
+        *common,
+        "sweep.samplers=[ddim,heun]",
+        f"hydra.run.dir={tmp_path / 'bad2'}",
+        cwd=tmp_path,
+    )
+    assert unknown.returncode == 2 and "unknown sampler(s) ['heun'] in sweep.samplers" in unknown.stderr
+
+    proc = run_script(
+        "evaluate.py",
+        *common,
+        "sweep.samplers=[ddim,ddpm]",
+        "sweep.steps=[1,3]",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "eval"
+    rows = json.loads((out / "metrics.json").read_text())["sweep"]["rows"]
+    assert [(r["sampler"], r["steps"], r["nfe"], r["n"]) for r in rows] == [
+        ("ddim", 1, 1, 8),
+        ("ddim", 3, 3, 8),
+        ("ddpm", 1, 1, 8),
+        ("ddpm", 3, 3, 8),
+    ]
+    # one step from x_T is the data prediction at t = 1 for both samplers: same seeds, so the very same images
+    assert rows[0]["fid"] == rows[2]["fid"] and rows[0]["kid"] == rows[2]["kid"]
+    assert rows[1]["fid"] != rows[3]["fid"]  # ...and DDPM's fresh noise makes 3 steps differ
+    assert all(r["seconds_per_image"] > 0 and math.isfinite(r["fid"]) for r in rows)
+
+    lines = (out / "nfe_table.csv").read_text().splitlines()
+    assert lines[0] == "sampler,steps,nfe,fid,kid,kid_std,seconds_per_image,n" and len(lines) == 5
+    md = (out / "nfe_table.md").read_text()
+    assert "| sampler | 1 | 3 |" in md and "| ddim |" in md and "| ddpm |" in md and "FID (N = 8)" in md
+    assert "the same 8 seeds" in md and "ddpm, 3 calls: FID / KID (N = 8)" in proc.stdout
+    from PIL import Image
+
+    with Image.open(out / "nfe_plot.png") as png:
+        assert png.size[0] > 400
+    (run,) = find_offline_runs(out)
+    assert run.values("eval/nfe_table/_type") == ["table-file"] and run.values("eval/nfe_plot/_type") == [
+        "image-file"
+    ]
+    assert run.values("eval/nfe_table/nrows") == [4] and run.values("eval/nfe_table/ncols") == [8]
+    files = run.path.parent / "files"
+    table = json.loads((files / run.values("eval/nfe_table/path")[0]).read_text())
+    assert table["columns"][:4] == ["sampler", "steps", "nfe", "fid"]
+    assert [row[:4] for row in table["data"]] == [
+        [r["sampler"], r["steps"], r["nfe"], r["fid"]] for r in rows
+    ]
+    assert any("nfe_plot" in p.name for p in run.media)

@@ -118,3 +118,64 @@ def test_ckpt_path_is_required(tmp_path):
 def test_a_bad_sampler_is_one_sentence_before_sampling(checkpoint, tmp_path, overrides, message):
     assert message in _bad(tmp_path, checkpoint, *overrides)
     assert not (tmp_path / "out" / "samples.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def learned_variance_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_learned")
+    from tests.helpers.cli import TINY
+
+    proc = run_script(
+        "train.py",
+        *TINY,
+        "diffusion.var_type=learned_range",
+        "logger=none",
+        "~callbacks.sample_grid",
+        f"hydra.run.dir={root / 'run'}",
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_a_learned_variance_run_trains_samples_and_evaluates_its_bound(learned_variance_checkpoint, tmp_path):
+    ckpt = torch.load(learned_variance_checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"]["net.conv_out.weight"].shape[0] == 2  # one image channel, one variance channel
+    for sampler in ("sampler=ddpm", "sampler=dpm_solver_pp"):
+        proc = run_script(
+            "sample.py",
+            f"ckpt_path={learned_variance_checkpoint}",
+            sampler,
+            "sampler.steps=5",
+            "n=2",
+            f"hydra.run.dir={tmp_path / sampler[8:]}",
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert np.load(tmp_path / sampler[8:] / "samples.npz")["images"].shape == (2, 28, 28, 1)
+    proc = run_script(
+        "evaluate.py",
+        f"ckpt_path={learned_variance_checkpoint}",
+        "metrics=[nll]",
+        "nll.n=4",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    nll = json.loads((tmp_path / "eval" / "metrics.json").read_text())["nll"]
+    assert 0 < nll["total_bpd"] < 50
+
+
+def test_a_learned_variance_checkpoint_refuses_a_fixed_variance_sampler(
+    learned_variance_checkpoint, tmp_path
+):
+    err = _bad(tmp_path, learned_variance_checkpoint, "sampler=ddpm", "sampler.var_type=fixed_small")
+    assert "does not fit this model, whose reverse variance is learned_range" in err
+    assert "leave the sampler's var_type unset" in err
+
+
+def test_a_fixed_variance_checkpoint_refuses_a_learned_variance_sampler(checkpoint, tmp_path):
+    err = _bad(tmp_path, checkpoint, "sampler=ddpm", "sampler.var_type=learned_range")
+    assert "its network predicts no variance" in err

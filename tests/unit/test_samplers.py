@@ -168,3 +168,12 @@ def test_compiled_sampler_draws_the_samples_of_the_eager_one(diffusion, cls, kwa
     assert eager.abs().mean() > 0.01
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again, compiled)
+
+
+def test_one_ddpm_step_is_the_data_prediction_at_t1(diffusion):
+    """A one-step respaced chain has beta'_1 = beta_1, so its posterior mean is x0_theta(x_T, t=1) and no noise is added."""
+    x = torch.randn(2, 1, 3, 3)
+    out = DDPMSampler(diffusion, steps=1).sample(CountingModel(), x.shape, noise=x.clone())
+    t = torch.zeros(2, dtype=torch.long)
+    expected = diffusion.predict_x0_from_eps(x, t, CountingModel()(x, t))
+    assert torch.allclose(out, expected, atol=1e-6)

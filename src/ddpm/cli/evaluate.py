@@ -1,9 +1,11 @@
-"""`python evaluate.py ckpt_path=...`: FID (N, sampler) against the held-out split and NLL in bits/dim, to JSON."""
+"""`python evaluate.py ckpt_path=...`: FID and KID (N, sampler) against the held-out split and NLL in bits/dim, to JSON;
+with sweep.samplers=[...] sweep.steps=[...] the quality-vs-NFE table (markdown, CSV, PNG) instead of one sampler."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from torch.utils.data import DataLoader, Subset
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.errors import exit_on_config_error
+from ddpm.config import CONFIG_DIR
+from ddpm.diffusion import SAMPLERS, Sampler
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
-from ddpm.metrics import fid_key, install_reference, make_fid, score_samples
+from ddpm.metrics import fid_key, install_reference, make_fid, nfe_table, score_samples
 from ddpm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -34,9 +38,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
+    sweep = cfg.get("sweep") or {}
+    if sweep.get("samplers") and "fid" not in cfg.metrics:
+        raise ConfigError("sweep.samplers needs the fid metric: add fid to metrics (metrics=[fid])")
     metric = make_fid(cfg.fid.weights_path) if "fid" in cfg.metrics else None  # fail before any sampling
 
     module, run_cfg = load_checkpoint(cfg.ckpt_path)
+    samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     data_cfg = run_cfg.data
@@ -48,33 +56,57 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "ema": cfg.use_ema, "data": data_cfg.source}
     if metric is not None:
-        sampler = build_sampler(module.diffusion, cfg.sampler)
         metric.to(device)
         n_ref = install_reference(
             metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
         )
-        log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, sampler.label, n_ref)
-        scores = score_samples(
-            metric,
-            lambda count, generator: module.sample(
-                sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar
-            ),
-            cfg.fid.n,
-            cfg.fid.batch_size,
-            cfg.fid.seed,
-            device=device,
-        )
-        results["fid"] = {
-            "key": fid_key(cfg.fid.n, sampler.label),
-            "value": scores["fid"],
-            "kid_key": fid_key(cfg.fid.n, sampler.label, "kid"),
-            "kid": scores["kid"],
-            "kid_std": scores["kid_std"],
-            "n": cfg.fid.n,
-            "sampler": sampler.label,
-            "network_calls_per_image": len(sampler.timesteps),
-            "reference": f"{data_cfg.source} held-out split, {n_ref} images",
-        }
+        reference = f"{data_cfg.source} held-out split, {n_ref} images"
+
+        def score(sampler: Sampler) -> dict[str, Any]:
+            seconds = 0.0
+
+            def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+                nonlocal seconds
+                start = time.perf_counter()
+                images = module.sample(
+                    sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar
+                )
+                seconds += time.perf_counter() - start
+                return images
+
+            log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, sampler.label, n_ref)
+            scores = score_samples(metric, draw, cfg.fid.n, cfg.fid.batch_size, cfg.fid.seed, device=device)
+            return {**scores, "seconds_per_image": seconds / cfg.fid.n}
+
+        if samplers:
+            rows = []
+            for (name, steps), sampler in samplers.items():
+                rows.append(
+                    {
+                        "sampler": name,
+                        "steps": steps,
+                        "nfe": len(sampler.timesteps),
+                        "n": cfg.fid.n,
+                        **score(sampler),
+                    }
+                )
+                log.info("%s: FID %.2f, KID %.4f", sampler.label, rows[-1]["fid"], rows[-1]["kid"])
+            results["sweep"] = {"reference": reference, "seed": cfg.fid.seed, "rows": rows}
+        else:
+            sampler = build_sampler(module.diffusion, cfg.sampler)
+            scores = score(sampler)
+            results["fid"] = {
+                "key": fid_key(cfg.fid.n, sampler.label),
+                "value": scores["fid"],
+                "kid_key": fid_key(cfg.fid.n, sampler.label, "kid"),
+                "kid": scores["kid"],
+                "kid_std": scores["kid_std"],
+                "n": cfg.fid.n,
+                "sampler": sampler.label,
+                "network_calls_per_image": len(sampler.timesteps),
+                "seconds_per_image": scores["seconds_per_image"],
+                "reference": reference,
+            }
     if "nll" in cfg.metrics:
         net = module.ema.module if cfg.use_ema else module.net
         net.eval()
@@ -97,9 +129,83 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     out = Path(cfg.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "sweep" in results:
+        results["sweep"]["files"] = write_sweep(results, out.parent)
     out.write_text(json.dumps(results, indent=2) + "\n")
     _print(results, out)
+    if cfg.wandb.enabled:
+        log_to_wandb(results, cfg)
     return results
+
+
+def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple[str, int], Sampler]:
+    """Every (sampler, steps) cell of the sweep, built (so every mistake is found) before any sampling. Each cell is
+    conf/sampler/<name>.yaml with its steps, and the run's sampler.compile."""
+    names, steps = list(sweep.samplers), list(sweep.get("steps") or [])
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        raise ConfigError(
+            f"unknown sampler(s) {unknown} in sweep.samplers: choose from {', '.join(SAMPLERS)}"
+        )
+    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        raise ConfigError(
+            f"sweep.steps must be a list of whole numbers of steps, e.g. [5,10,20], got {steps}"
+        )
+    cells = {}
+    for name in names:
+        node = OmegaConf.load(CONFIG_DIR / "sampler" / f"{name}.yaml")
+        node.compile = bool(base.get("compile", False))
+        for s in steps:
+            node.steps = s
+            cells[(name, s)] = build_sampler(diffusion, node, what=f"sweep cell {name} with {s} steps")
+    return cells
+
+
+def write_sweep(results: dict[str, Any], folder: Path) -> dict[str, str]:
+    """nfe_table.md, nfe_table.csv and nfe_plot.png of the sweep, in `folder`."""
+    rows = results["sweep"]["rows"]
+    md = folder / "nfe_table.md"
+    md.write_text(
+        f"Quality against network calls: {results['checkpoint']} (EMA: {results['ema']}), against the "
+        f"{results['sweep']['reference']}; the same {rows[0]['n']} seeds (fid.seed={results['sweep']['seed']}) in "
+        "every cell.\n\n" + nfe_table.markdown_table(rows)
+    )
+    csv = nfe_table.write_csv(rows, folder / "nfe_table.csv")
+    png = nfe_table.plot(rows, folder / "nfe_plot.png", title=f"{results['data']}, N = {rows[0]['n']}")
+    return {"markdown": str(md), "csv": str(csv), "plot": str(png)}
+
+
+def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
+    """The results as an offline (or online) W&B run of job type `evaluate` in the output folder: the scores as
+    summary values, the sweep as a table (eval/nfe_table) and its plot (eval/nfe_plot)."""
+    import wandb
+
+    run = wandb.init(
+        project=cfg.wandb.project,
+        dir=str(Path(cfg.output_file).parent),
+        mode="offline" if cfg.wandb.offline else "online",
+        job_type="evaluate",
+        config={"checkpoint": results["checkpoint"], "ema": results["ema"], "data": results["data"]},
+    )
+    try:
+        logged: dict[str, Any] = {}
+        if "fid" in results:
+            fid = results["fid"]
+            logged |= {f"eval/{fid['key']}": fid["value"], f"eval/{fid['kid_key']}": fid["kid"]}
+        if "nll" in results:
+            logged["eval/nll_bpd"] = results["nll"]["total_bpd"]
+        if "sweep" in results:
+            rows = results["sweep"]["rows"]
+            table = wandb.Table(
+                columns=list(nfe_table.COLUMNS), data=[[r[c] for c in nfe_table.COLUMNS] for r in rows]
+            )
+            logged |= {
+                "eval/nfe_table": table,
+                "eval/nfe_plot": wandb.Image(results["sweep"]["files"]["plot"]),
+            }
+        run.log(logged)
+    finally:
+        run.finish()
 
 
 def _print(results: dict[str, Any], path: Path) -> None:
@@ -111,6 +217,11 @@ def _print(results: dict[str, Any], path: Path) -> None:
         table.add_row(f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}")
         table.add_row(
             f"{fid['kid_key']} (mean ± std over subsets)", f"{fid['kid']:.4f} ± {fid['kid_std']:.4f}"
+        )
+    for r in results.get("sweep", {}).get("rows", []):
+        table.add_row(
+            f"{r['sampler']}, {r['nfe']} calls: FID / KID (N = {r['n']}) / s per image",
+            f"{r['fid']:.2f} / {r['kid']:.4f} / {r['seconds_per_image']:.3f}",
         )
     if "nll" in results:
         table.add_row(

@@ -63,6 +63,8 @@ NUMERIC_KEYS = {
     "optim.eps": NUMBER,
     "optim.warmup_steps": INTEGER,
     "ema.decay": NUMBER,
+    "diffusion.snr_gamma": NUMBER,
+    "diffusion.vlb_weight": NUMBER,
     "trainer.max_steps": INTEGER,
     "trainer.val_check_interval": NUMBER,
     "trainer.accumulate_grad_batches": INTEGER,

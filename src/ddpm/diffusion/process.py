@@ -6,7 +6,9 @@ Notation (index i = 0..T-1 is the paper's t = i + 1):
     q(x_{t-1} | x_t, x_0) = N(mutilde_t, betatilde_t I),
         mutilde_t   = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0 + sqrt(alpha_t) (1 - alphabar_{t-1}) / (1 - alphabar_t) x_t
         betatilde_t = beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t)
-    p(x_{t-1} | x_t)      = N(mu_theta(x_t, t), sigma_t^2 I), sigma_t^2 = beta_t ("fixed_large") or betatilde_t ("fixed_small")
+    p(x_{t-1} | x_t)      = N(mu_theta(x_t, t), sigma_t^2 I), sigma_t^2 = beta_t ("fixed_large"), betatilde_t ("fixed_small"),
+        or learned ("learned_range", Nichol & Dhariwal 2021): log sigma_t^2 = f log beta_t + (1 - f) log betatilde_t,
+        f = (v + 1) / 2 with v in [-1, 1] the network's extra output channels
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ Model = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[Iterable[int], str], Iterable[int]]
 
 OBJECTIVES = ("eps", "x0", "v")
-VAR_TYPES = ("fixed_large", "fixed_small")
+VAR_TYPES = ("fixed_large", "fixed_small", "learned_range")
 LOSS_WEIGHTS = ("none", "min_snr")
 
 
@@ -59,10 +61,13 @@ class GaussianDiffusion:
     Args:
         betas: float64 [T] variance schedule (see `make_beta_schedule`).
         objective: what the network predicts: "eps" (the paper's L_simple), "x0", or "v" (Salimans & Ho 2022).
-        var_type: reverse-process variance sigma_t^2: "fixed_large" (beta_t) or "fixed_small" (betatilde_t).
+        var_type: reverse-process variance sigma_t^2: "fixed_large" (beta_t), "fixed_small" (betatilde_t) or
+            "learned_range" (the network outputs twice the image channels; the second half v interpolates the two in
+            log space, see `learned_log_variance`; training adds vlb_weight * L_vlb, see `training_losses`).
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming the posterior mean when sampling.
         loss_weight: "none" (L_simple: every t weighs 1) or "min_snr" (Hang et al. 2023, see `min_snr_weights`).
         snr_gamma: gamma of min_snr.
+        vlb_weight: lambda of L_hybrid = L_simple + lambda L_vlb (learned_range only; 0.001 in Nichol & Dhariwal).
     """
 
     def __init__(
@@ -73,7 +78,10 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         loss_weight: str = "none",
         snr_gamma: float = 5.0,
+        vlb_weight: float = 0.001,
     ) -> None:
+        if not vlb_weight >= 0:
+            raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
         if loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"unknown loss_weight {loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
         if not snr_gamma > 0:
@@ -87,6 +95,8 @@ class GaussianDiffusion:
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
         self.objective = objective
         self.var_type = var_type
+        self.learns_variance = var_type == "learned_range"
+        self.vlb_weight = float(vlb_weight)
         self.clip_denoised = clip_denoised
         self.num_timesteps = int(betas.shape[0])
 
@@ -113,25 +123,25 @@ class GaussianDiffusion:
 
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # betatilde_1 = 0; its log is clipped to betatilde_2 as in Ho et al.'s code.
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
-        )
+        # betatilde_1 = 0; its log is clipped to betatilde_2 as in Ho et al.'s code (to beta_1 in a one-step chain).
+        first = self.posterior_variance[1:2] if self.num_timesteps > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         )
 
         # p(x_{t-1} | x_t) variance; at t = 1 no noise is added, the value there only matters for the bound.
-        if var_type == "fixed_large":
-            self.model_variance = torch.cat([self.posterior_variance[1:2], betas[1:]])
-        else:
+        # fixed_large uses betatilde_2 there (as Ho et al.'s code), fixed_small the clipped log betatilde_t.
+        self.fixed_large_variance = torch.cat([first, betas[1:]])
+        self.fixed_large_log_variance = torch.log(self.fixed_large_variance)
+        self.fixed_small_log_variance = self.posterior_log_variance_clipped
+        if var_type == "fixed_small":
             self.model_variance = self.posterior_variance.clone()
-        self.model_log_variance = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.model_variance[1:]])
-            if var_type == "fixed_small"
-            else self.model_variance
-        )
+            self.model_log_variance = self.fixed_small_log_variance
+        else:  # fixed_large; learned_range computes its own from the network output (these are unused)
+            self.model_variance = self.fixed_large_variance
+            self.model_log_variance = self.fixed_large_log_variance
 
         self._device_cache: dict[tuple[str, torch.device], Tensor] = {}
 
@@ -207,12 +217,36 @@ class GaussianDiffusion:
             return x0
         return self.get_v(x0, t, noise)
 
-    def predict_x0_and_eps(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_0, eps) implied by the network output, with x_0 clipped to [-1, 1] if `clip_denoised`.
+    def split_output(self, model_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the objective's prediction, the variance values v or None): a learned_range network outputs both,
+        stacked along the channels, the prediction first."""
+        if not self.learns_variance:
+            return model_output, None
+        if model_output.shape[1] % 2:
+            raise ValueError(
+                f"var_type=learned_range needs a network with twice the image channels, got {model_output.shape[1]}"
+            )
+        prediction, v = model_output.chunk(2, dim=1)
+        return prediction, v
+
+    def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
+        """log sigma_t^2 = f log beta_t + (1 - f) log betatilde_t, f = (v + 1) / 2 (Nichol & Dhariwal 2021, eq. 15),
+        with the two ends exactly the log variances of fixed_large (f = 1) and fixed_small (f = 0)."""
+        frac = (v.float() + 1.0) / 2.0
+        max_log = self._extract("fixed_large_log_variance", t, v)
+        min_log = self._extract("fixed_small_log_variance", t, v)
+        return frac * max_log + (1.0 - frac) * min_log
+
+    def predict_x0_and_eps(
+        self, x_t: Tensor, t: Tensor, model_output: Tensor, clip_denoised: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) implied by the network output (its prediction channels), with x_0 clipped to [-1, 1] if
+        `clip_denoised` (default: the diffusion's setting).
 
         When x_0 is clipped, eps is recomputed from the clipped x_0 so that both stay consistent with x_t.
         """
-        model_output = model_output.float()
+        model_output = self.split_output(model_output)[0].float()
+        clip = self.clip_denoised if clip_denoised is None else clip_denoised
         if self.objective == "eps":
             eps = model_output
             x0 = self.predict_x0_from_eps(x_t, t, eps)
@@ -222,27 +256,32 @@ class GaussianDiffusion:
         else:
             x0 = self.predict_x0_from_v(x_t, t, model_output)
             eps = self.predict_eps_from_x0(x_t, t, x0)
-        if self.clip_denoised:
+        if clip:
             x0 = x0.clamp(-1.0, 1.0)
             eps = self.predict_eps_from_x0(x_t, t, x0)
         return x0, eps
 
     # ------------------------------------------------------------------ reverse process
-    def p_mean_variance(self, model: Model, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+    def p_mean_variance(
+        self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool | None = None
+    ) -> dict[str, Tensor]:
         """Mean, variance and log variance of p_theta(x_{t-1} | x_t), plus the predicted x_0 and eps.
 
         mu_theta(x_t, t) = mutilde_t(x_t, x0_theta), which for the eps objective without clipping equals
-        (x_t - beta_t / sqrt(1 - alphabar_t) eps_theta(x_t, t)) / sqrt(alpha_t).
+        (x_t - beta_t / sqrt(1 - alphabar_t) eps_theta(x_t, t)) / sqrt(alpha_t). The variance is fixed, or for
+        learned_range read from the network output (`learned_log_variance`).
         """
-        x0, eps = self.predict_x0_and_eps(x_t, t, model(x_t, t))
+        output = model(x_t, t)
+        x0, eps = self.predict_x0_and_eps(x_t, t, output, clip_denoised)
         mean, _, _ = self.q_posterior_mean_variance(x0, x_t, t)
-        return {
-            "mean": mean,
-            "variance": self._extract("model_variance", t, x_t),
-            "log_variance": self._extract("model_log_variance", t, x_t),
-            "pred_x0": x0,
-            "eps": eps,
-        }
+        _, v = self.split_output(output)
+        if v is None:
+            log_variance = self._extract("model_log_variance", t, x_t)
+            variance = self._extract("model_variance", t, x_t)
+        else:
+            log_variance = self.learned_log_variance(v, t)
+            variance = log_variance.exp()
+        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": x0, "eps": eps}
 
     def p_sample(
         self, model: Model, x_t: Tensor, t: Tensor, generator: torch.Generator | None = None
@@ -259,17 +298,24 @@ class GaussianDiffusion:
         loss weight of t (1 for loss_weight="none").
 
         For the eps objective and no weighting this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 +
-        sqrt(1-alphabar_t) eps, t) ||^2.
+        sqrt(1-alphabar_t) eps, t) ||^2. With learned_range it is L_hybrid (Nichol & Dhariwal 2021, sec. 3.1): plus
+        vlb_weight * T * L_{t-1} in bits/dim, the single-t estimate of vlb_weight * L_vlb, computed with the predicted
+        mean held fixed (detached) so that the bound trains only the variance.
         """
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
         model_output = model(x_t, t)
+        prediction, v = self.split_output(model_output)
         target = self.training_target(x0, t, noise)
-        mse = F.mse_loss(model_output.float(), target, reduction="none").flatten(1).mean(1)
-        if self.loss_weight == "none":
+        mse = F.mse_loss(prediction.float(), target, reduction="none").flatten(1).mean(1)
+        if self.loss_weight != "none":
+            mse = self._extract("loss_weights", t, mse).view(-1) * mse
+        if v is None:
             return mse
-        return self._extract("loss_weights", t, mse).view(-1) * mse
+        frozen = torch.cat([prediction.detach(), v], dim=1)
+        vb = self.vb_term_bpd(lambda *_: frozen, x0, x_t, t, clip_denoised=False)
+        return mse + self.vlb_weight * self.num_timesteps * vb
 
     # ------------------------------------------------------------------ variational bound (bits per dimension)
     def prior_bpd(self, x0: Tensor) -> Tensor:
@@ -279,12 +325,14 @@ class GaussianDiffusion:
         kl = normal_kl(mean, torch.log(var), torch.zeros_like(mean), torch.zeros_like(mean))
         return mean_flat(kl) / NATS_PER_BIT
 
-    def vb_term_bpd(self, model: Model, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def vb_term_bpd(
+        self, model: Model, x0: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool | None = None
+    ) -> Tensor:
         """One term of the bound, in bits per dimension, per example:
         L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for the paper's t >= 2, and the decoder
         L_0 = -log p_theta(x_0 | x_1) (discretised Gaussian) at t = 1 (index 0)."""
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
-        out = self.p_mean_variance(model, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / NATS_PER_BIT
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]))
         return torch.where(t == 0, nll / NATS_PER_BIT, kl)

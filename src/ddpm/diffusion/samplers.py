@@ -3,7 +3,8 @@
 A sampler with S steps visits timesteps tau_S > ... > tau_1 (a subset of 0..T-1) and calls the network exactly S times.
 
 - DDPM on a subset (Nichol & Dhariwal 2021, sec. 4): the respaced chain has betas
-  beta'_i = 1 - alphabar_{tau_i} / alphabar_{tau_{i-1}}, and steps ancestrally with sigma^2 = beta' or betatilde'.
+  beta'_i = 1 - alphabar_{tau_i} / alphabar_{tau_{i-1}}, and steps ancestrally with sigma^2 = beta' or betatilde'
+  (a learned variance interpolates between these two of the respaced chain).
 - DDIM (Song et al. 2021, eq. 12): x_{prev} = sqrt(alphabar_prev) x0 + sqrt(1 - alphabar_prev - sigma^2) eps + sigma z,
   sigma = eta sqrt((1 - alphabar_prev) / (1 - alphabar_t)) sqrt(1 - alphabar_t / alphabar_prev).
   eta = 1 over all T steps has the per-step variance betatilde_t of DDPM's fixed_small sampler; eta = 0 is deterministic.
@@ -172,6 +173,16 @@ class DDPMSampler(Sampler):
     ) -> None:
         super().__init__(diffusion, steps, spacing, compile)
         self._respaced: RespacedModel | None = None
+        if var_type is not None and (var_type == "learned_range") != diffusion.learns_variance:
+            raise ValueError(
+                f"sampler var_type={var_type} does not fit this model, whose reverse variance is "
+                f"{diffusion.var_type}: "
+                + (
+                    "its network learned the variance; leave the sampler's var_type unset (null)"
+                    if diffusion.learns_variance
+                    else "its network predicts no variance; use fixed_large or fixed_small, or leave it unset"
+                )
+            )
         var_type = var_type or diffusion.var_type
         if self.steps == diffusion.num_timesteps and var_type == diffusion.var_type:
             self.chain = diffusion  # nothing respaced: the chain is the diffusion itself

@@ -1,5 +1,6 @@
 """FID against held-out data (torchmetrics + torch-fidelity's Inception), with reference statistics cached by content."""
 
+from ddpm.metrics import nfe_table
 from ddpm.metrics.fid import (
     WEIGHTS_ENV,
     InceptionMetrics,
@@ -22,6 +23,7 @@ __all__ = [
     "kid_from_features",
     "load_or_compute_reference",
     "make_fid",
+    "nfe_table",
     "reference_cache_path",
     "resolve_weights",
     "score_samples",
