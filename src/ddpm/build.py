@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm import config as _config  # noqa: F401  (registers the resolvers the configs use)
 from ddpm.diffusion import GaussianDiffusion, Sampler, make_beta_schedule, make_sampler
-from ddpm.errors import building
+from ddpm.errors import ConfigError, building
 from ddpm.training import DiffusionModule
 
 
@@ -33,6 +33,10 @@ def build_network(cfg: DictConfig) -> torch.nn.Module:
     their checkpoints still load."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("compile", None)
+    if model_cfg.get("num_classes") == "auto":
+        raise ConfigError(
+            "model.num_classes=auto is resolved from the data by train.py: give the number of classes here"
+        )
     if cfg.diffusion.get("var_type") == "learned_range":
         in_channels = model_cfg.get("in_channels", 3)
         model_cfg["out_channels"] = 2 * (model_cfg.get("out_channels") or in_channels)
@@ -62,6 +66,8 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
             ema_warmup=cfg.ema.warmup,
             noise_seed=cfg.get("seed") or 0,
             compile=compile_requested(cfg),
+            p_uncond=(cfg.get("condition") or {}).get("p_uncond", 0.1),
+            guidance=(cfg.get("condition") or {}).get("guidance", 0.0),
             config=OmegaConf.to_container(cfg, resolve=True),
         ),
     )

@@ -83,3 +83,54 @@ def test_wrong_channel_count_and_unknown_source():
         ImageDataModule(channels=3).check()
     with pytest.raises(ConfigError, match="unknown data source 'celeba'"):
         ImageDataModule(source="celeba").check()
+
+
+def test_mnist5k_labels_follow_their_images_through_the_split():
+    images, labels = load_mnist5k()
+    dm = ImageDataModule(labels=True)
+    dm.setup()
+    assert dm.num_classes == 10
+    x, y = dm.val_set[7]
+    # find the held-out image among the originals: its label must be the original's
+    u8 = torch.round((x + 1) * 127.5).to(torch.uint8)
+    (match,) = (images == u8).flatten(1).all(1).nonzero().flatten().tolist()[:1]
+    assert int(y) == int(labels[match])
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, list) and batch[0].shape == (64, 1, 28, 28) and batch[1].dtype == torch.long
+    # without labels=True the same data yields images only, as before
+    plain = ImageDataModule()
+    plain.setup()
+    assert torch.is_tensor(plain.val_set[7]) and torch.equal(plain.val_set[7], x) and plain.num_classes == 10
+
+
+def test_image_folder_classes_are_its_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        sub = tmp_path / ["ants", "bees", "cats"][i % 3]
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(sub / f"{i}.png")
+    dm = ImageDataModule(
+        source="image_folder", root=str(tmp_path), image_size=8, channels=3, val_fraction=0.25, labels=True
+    )
+    dm.setup()
+    assert dm.num_classes == 3
+    for ds in (dm.train_set, dm.val_set):
+        for k in range(len(ds)):
+            _, y = ds[k]
+            name = ds.dataset.files[ds.indices[k]].parent.name
+            assert ["ants", "bees", "cats"][int(y)] == name
+
+
+def test_a_flat_image_folder_has_no_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    dm = ImageDataModule(
+        source="image_folder", root=str(tmp_path), image_size=8, channels=3, val_fraction=0.25
+    )
+    dm.setup()
+    assert dm.num_classes is None
+    with pytest.raises(ConfigError, match="have no classes .*condition=none"):
+        ImageDataModule(
+            source="image_folder", root=str(tmp_path), image_size=8, channels=3, labels=True
+        ).setup()

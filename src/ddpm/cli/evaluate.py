@@ -23,7 +23,9 @@ from ddpm.config import CONFIG_DIR
 from ddpm.diffusion import SAMPLERS, Sampler
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
-from ddpm.metrics import fid_key, install_reference, make_fid, nfe_table, score_samples
+from ddpm.images import to_uint8
+from ddpm.metrics import fid_key, guidance_table, install_reference, make_fid, nfe_table, score_samples
+from ddpm.metrics.classifier import load_or_train_classifier, predict
 from ddpm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
     sweep = cfg.get("sweep") or {}
-    if sweep.get("samplers") and "fid" not in cfg.metrics:
-        raise ConfigError("sweep.samplers needs the fid metric: add fid to metrics (metrics=[fid])")
+    if (sweep.get("samplers") or sweep.get("guidance")) and "fid" not in cfg.metrics:
+        raise ConfigError("a sweep needs the fid metric: add fid to metrics (metrics=[fid])")
+    if sweep.get("samplers") and sweep.get("guidance"):
+        raise ConfigError("sweep over samplers or over guidance, not both: leave one of them empty")
     metric = make_fid(cfg.fid.weights_path) if "fid" in cfg.metrics else None  # fail before any sampling
 
     module, run_cfg = load_checkpoint(cfg.ckpt_path)
+    conditional = module.num_classes is not None
+    guidances = check_guidance(cfg, sweep, conditional)
     samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
@@ -61,24 +67,61 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
         )
         reference = f"{data_cfg.source} held-out split, {n_ref} images"
+        classifier = None
+        if conditional:
+            classifier, classifier_accuracy = load_or_train_classifier(
+                datamodule, module.num_classes, cfg.fid.cache_dir, cfg.classifier.epochs
+            )
+            results["classifier_held_out_accuracy"] = classifier_accuracy
 
-        def score(sampler: Sampler) -> dict[str, Any]:
-            seconds = 0.0
+        def score(sampler: Sampler, guidance: float | None = None) -> dict[str, Any]:
+            """FID and KID of fid.n samples; for a class-conditional model the classes are spread evenly (image i
+            of each batch is class i mod K) and the class accuracy of the same images (as PNG bytes) is added."""
+            seconds, correct = 0.0, 0
 
             def draw(count: int, generator: torch.Generator) -> torch.Tensor:
-                nonlocal seconds
+                nonlocal seconds, correct
                 start = time.perf_counter()
+                kwargs = {"guidance": guidance} if conditional else {}
                 images = module.sample(
-                    sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar
+                    sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar, **kwargs
                 )
                 seconds += time.perf_counter() - start
+                if classifier is not None:
+                    as_saved = to_uint8(images).float().cpu() / 127.5 - 1.0
+                    labels = torch.arange(count) % module.num_classes
+                    correct += int((predict(classifier, as_saved) == labels).sum())
                 return images
 
-            log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, sampler.label, n_ref)
+            what = f"{sampler.label}" + (f", guidance {guidance:g}" if guidance is not None else "")
+            log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, what, n_ref)
             scores = score_samples(metric, draw, cfg.fid.n, cfg.fid.batch_size, cfg.fid.seed, device=device)
-            return {**scores, "seconds_per_image": seconds / cfg.fid.n}
+            out = {**scores, "seconds_per_image": seconds / cfg.fid.n}
+            if classifier is not None:
+                out["accuracy"] = correct / cfg.fid.n
+            return out
 
-        if samplers:
+        if guidances:
+            sampler = build_sampler(module.diffusion, cfg.sampler)
+            rows = []
+            for w in guidances:
+                rows.append(
+                    {"guidance": w, "nfe": len(sampler.timesteps), "n": cfg.fid.n, **score(sampler, w)}
+                )
+                log.info(
+                    "guidance %g: FID %.2f, KID %.4f, class accuracy %.1f%%",
+                    w,
+                    rows[-1]["fid"],
+                    rows[-1]["kid"],
+                    100 * rows[-1]["accuracy"],
+                )
+            results["guidance_sweep"] = {
+                "reference": reference,
+                "seed": cfg.fid.seed,
+                "sampler": sampler.label,
+                "rows": rows,
+            }
+        elif samplers:
             rows = []
             for (name, steps), sampler in samplers.items():
                 rows.append(
@@ -94,7 +137,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["sweep"] = {"reference": reference, "seed": cfg.fid.seed, "rows": rows}
         else:
             sampler = build_sampler(module.diffusion, cfg.sampler)
-            scores = score(sampler)
+            scores = score(sampler, cfg.get("guidance"))
             results["fid"] = {
                 "key": fid_key(cfg.fid.n, sampler.label),
                 "value": scores["fid"],
@@ -107,6 +150,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 "seconds_per_image": scores["seconds_per_image"],
                 "reference": reference,
             }
+            if conditional:
+                w = module.hparams.guidance if cfg.get("guidance") is None else cfg.guidance
+                results["fid"] |= {"guidance": w, "class_accuracy": scores["accuracy"]}
     if "nll" in cfg.metrics:
         net = module.ema.module if cfg.use_ema else module.net
         net.eval()
@@ -131,11 +177,46 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     if "sweep" in results:
         results["sweep"]["files"] = write_sweep(results, out.parent)
+    if "guidance_sweep" in results:
+        results["guidance_sweep"]["files"] = write_guidance_sweep(results, out.parent)
     out.write_text(json.dumps(results, indent=2) + "\n")
     _print(results, out)
     if cfg.wandb.enabled:
         log_to_wandb(results, cfg)
     return results
+
+
+def check_guidance(cfg: DictConfig, sweep: DictConfig, conditional: bool) -> list[float]:
+    """The guidance scales of sweep.guidance (empty: no guidance sweep); ConfigError for guidance asked of an
+    unconditional checkpoint or a negative scale."""
+    asked = list(sweep.get("guidance") or [])
+    asked_one = [cfg.guidance] if cfg.get("guidance") is not None else []
+    for w in asked + asked_one:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise ConfigError(f"guidance scales must be numbers >= 0, got {w!r}")
+    if (asked or asked_one) and not conditional:
+        raise ConfigError(
+            f"guidance needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: drop guidance "
+            "and sweep.guidance (or train with condition=class)"
+        )
+    return [float(w) for w in asked]
+
+
+def write_guidance_sweep(results: dict[str, Any], folder: Path) -> dict[str, str]:
+    """guidance_table.md, guidance_table.csv and guidance_plot.png of the guidance sweep, in `folder`."""
+    sweep, acc = results["guidance_sweep"], results["classifier_held_out_accuracy"]
+    rows = sweep["rows"]
+    md = folder / "guidance_table.md"
+    md.write_text(
+        f"Guidance sweep: {results['checkpoint']} (EMA: {results['ema']}), {sweep['sampler']}, classes spread evenly, "
+        f"against the {sweep['reference']}; the same {rows[0]['n']} seeds (fid.seed={sweep['seed']}) for every w.\n\n"
+        + guidance_table.markdown_table(rows, acc)
+    )
+    csv = guidance_table.write_csv(rows, folder / "guidance_table.csv")
+    png = guidance_table.plot(
+        rows, folder / "guidance_plot.png", acc, title=f"{results['data']}, N = {rows[0]['n']}"
+    )
+    return {"markdown": str(md), "csv": str(csv), "plot": str(png)}
 
 
 def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple[str, int], Sampler]:
@@ -194,6 +275,14 @@ def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
             logged |= {f"eval/{fid['key']}": fid["value"], f"eval/{fid['kid_key']}": fid["kid"]}
         if "nll" in results:
             logged["eval/nll_bpd"] = results["nll"]["total_bpd"]
+        if "guidance_sweep" in results:
+            rows = results["guidance_sweep"]["rows"]
+            columns = list(guidance_table.COLUMNS)
+            table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+            logged |= {
+                "eval/guidance_table": table,
+                "eval/guidance_plot": wandb.Image(results["guidance_sweep"]["files"]["plot"]),
+            }
         if "sweep" in results:
             rows = results["sweep"]["rows"]
             table = wandb.Table(
@@ -217,6 +306,21 @@ def _print(results: dict[str, Any], path: Path) -> None:
         table.add_row(f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}")
         table.add_row(
             f"{fid['kid_key']} (mean ± std over subsets)", f"{fid['kid']:.4f} ± {fid['kid_std']:.4f}"
+        )
+    if "class_accuracy" in results.get("fid", {}):
+        table.add_row(
+            f"class accuracy (guidance {results['fid']['guidance']:g})",
+            f"{100 * results['fid']['class_accuracy']:.1f}%",
+        )
+    for r in results.get("guidance_sweep", {}).get("rows", []):
+        table.add_row(
+            f"guidance {r['guidance']:g}: FID / KID / class accuracy (N = {r['n']})",
+            f"{r['fid']:.2f} / {r['kid']:.4f} / {100 * r['accuracy']:.1f}%",
+        )
+    if "classifier_held_out_accuracy" in results:
+        table.add_row(
+            "classifier accuracy on the held-out split",
+            f"{100 * results['classifier_held_out_accuracy']:.1f}%",
         )
     for r in results.get("sweep", {}).get("rows", []):
         table.add_row(

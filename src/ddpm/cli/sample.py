@@ -32,31 +32,75 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     sampler = build_sampler(module.diffusion, cfg.sampler)
+    labels, nrow = requested_labels(cfg, module.num_classes)
+    guidance = cfg.get("guidance")
+    if module.num_classes is None and guidance:
+        raise ConfigError(
+            f"guidance={guidance} needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: "
+            "drop guidance (or train with condition=class)"
+        )
+    if guidance is not None and guidance < 0:
+        raise ConfigError(f"guidance must be >= 0, got {guidance}")
+    n_total = cfg.n if labels is None else len(labels)
 
     chunks = []
-    for start in range(0, cfg.n, cfg.batch_size):
+    for start in range(0, n_total, cfg.batch_size):
         generator = torch.Generator(device=device).manual_seed(cfg.seed + start)
-        n = min(cfg.batch_size, cfg.n - start)
+        n = min(cfg.batch_size, n_total - start)
+        kwargs = {}
+        if module.num_classes is not None:
+            kwargs = {"labels": None if labels is None else labels[start : start + n], "guidance": guidance}
         chunks.append(
             to_uint8(
-                module.sample(sampler, n, generator=generator, use_ema=cfg.use_ema, progress=progress_bar)
+                module.sample(
+                    sampler, n, generator=generator, use_ema=cfg.use_ema, progress=progress_bar, **kwargs
+                )
             )
         )
-        log.info("sampled %d / %d images", start + n, cfg.n)
+        log.info("sampled %d / %d images", start + n, n_total)
     images = torch.cat(chunks).cpu()
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "samples.npz", images=images.permute(0, 2, 3, 1).numpy())
-    save_grid(images, out / "samples.png")
-    log.info(
-        "wrote %s and %s (%s, %d network calls per image)",
-        out / "samples.png",
-        out / "samples.npz",
-        sampler.label,
-        len(sampler.timesteps),
+    arrays = {"images": images.permute(0, 2, 3, 1).numpy()}
+    if module.num_classes is not None:
+        arrays["labels"] = (torch.arange(n_total) % module.num_classes if labels is None else labels).numpy()
+    np.savez_compressed(out / "samples.npz", **arrays)
+    save_grid(images, out / "samples.png", nrow=nrow)
+    w = module.hparams.guidance if guidance is None else guidance
+    calls = len(sampler.timesteps)
+    cost = (
+        f"{calls} network calls per image, each on the image and its unconditional twin (guidance {w:g})"
+        if module.num_classes is not None and w
+        else f"{calls} network calls per image"
     )
+    log.info("wrote %s and %s (%s, %s)", out / "samples.png", out / "samples.npz", sampler.label, cost)
     return {"png": str(out / "samples.png"), "npz": str(out / "samples.npz"), "sampler": sampler.label}
+
+
+def requested_labels(cfg: DictConfig, num_classes: int | None) -> tuple[torch.Tensor | None, int | None]:
+    """(labels, grid row length) of `labels`: null (the default spread), a list of classes, or `all` (per_class
+    images of every class, one grid row per class); ConfigError for labels outside the model's classes."""
+    spec = cfg.get("labels")
+    if spec is None:
+        return None, None
+    if num_classes is None:
+        raise ConfigError(
+            f"labels={spec} needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: drop labels"
+        )
+    if spec == "all":
+        if cfg.per_class < 1:
+            raise ConfigError("per_class must be at least 1")
+        return torch.arange(num_classes).repeat_interleave(cfg.per_class), cfg.per_class
+    values = list(spec) if not isinstance(spec, (int, str)) else [spec]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"labels must be all, or a list of class numbers like labels=[3,3,7], got {spec}")
+    outside = [v for v in values if not 0 <= v < num_classes]
+    if outside:
+        raise ConfigError(
+            f"labels {outside} are outside this model's classes 0..{num_classes - 1}: use labels in that range"
+        )
+    return torch.tensor(values, dtype=torch.long), None
 
 
 def main(cfg: DictConfig) -> Any:

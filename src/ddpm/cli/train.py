@@ -130,6 +130,7 @@ def train(cfg: DictConfig) -> float | None:
     name_sweep_job(cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
+    resolve_num_classes(cfg, datamodule)
     if torch.cuda.is_available():  # TF32 matmuls and convolutions on Ampere and later; CPU math is left alone
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
@@ -175,6 +176,27 @@ def train(cfg: DictConfig) -> float | None:
             wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def resolve_num_classes(cfg: DictConfig, datamodule) -> None:
+    """model.num_classes=auto (condition=class) becomes the data's number of classes, stored in the run config so a
+    checkpoint rebuilds the same network; a source without labels is refused in one sentence."""
+    wanted = cfg.model.get("num_classes")
+    if wanted is None:
+        return
+    datamodule.setup("fit")
+    found = datamodule.num_classes
+    if found is None:
+        raise ConfigError(
+            f"condition=class needs labelled data, but data source {cfg.data.source} has no labels "
+            "(an image folder needs one subfolder per class): use labelled data or condition=none"
+        )
+    if wanted == "auto":
+        cfg.model.num_classes = found
+    elif wanted != found:
+        raise ConfigError(
+            f"model.num_classes={wanted} but the data has {found} classes: set model.num_classes=auto"
+        )
 
 
 def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:

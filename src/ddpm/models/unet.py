@@ -33,6 +33,9 @@ class UNet(nn.Module):
         num_heads: attention heads (DDPM uses 1).
         num_groups: GroupNorm groups (32 in DDPM; capped at the channel count).
         channels_last: keep activations in channels_last memory format (faster 3x3 convolutions on CPU and GPU).
+        num_classes: class-conditional (Ho & Salimans 2021): a learned embedding of the class y in 0..num_classes-1,
+            or of the null class num_classes (the unconditional model, y=None), is added to the time embedding.
+            None: unconditional, no embedding.
     """
 
     def __init__(
@@ -48,8 +51,13 @@ class UNet(nn.Module):
         num_heads: int = 1,
         num_groups: int = 32,
         channels_last: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive whole number or null, got {num_classes!r}")
         channel_mult = tuple(channel_mult)
         attn_resolutions = tuple(attn_resolutions)
         check_unet_config(
@@ -65,6 +73,11 @@ class UNet(nn.Module):
         self.temb = nn.Sequential(
             nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
         )
+        self.num_classes = num_classes
+        if num_classes is not None:
+            # row num_classes is the null class; it starts at zero, so an untrained null class adds nothing
+            self.class_emb = nn.Embedding(num_classes + 1, temb_dim)
+            nn.init.zeros_(self.class_emb.weight[num_classes])
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         # Down path: remember the channels of every activation that is skipped across to the up path.
@@ -111,11 +124,18 @@ class UNet(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x: [B, C, H, W] noisy images x_t; t: int64 [B] 0-based timesteps. Returns [B, out_channels, H, W]."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W] noisy images x_t; t: int64 [B] 0-based timesteps; y: int64 [B] classes (num_classes: the
+        null class; None: all null) of a class-conditional UNet. Returns [B, out_channels, H, W]."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.temb(timestep_embedding(t, self.base_channels))
+        if self.num_classes is not None:
+            if y is None:
+                y = torch.full_like(t, self.num_classes)
+            temb = temb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("this UNet is unconditional (num_classes=None): it takes no class labels")
         h = self.conv_in(x)
         skips = [h]
         for block in self.down:

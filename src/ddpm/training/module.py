@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
+from ddpm.diffusion.guidance import ClassConditioned, drop_labels
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
 
@@ -28,6 +29,9 @@ class DiffusionModule(L.LightningModule):
             (seed_everything gives all ranks the same global RNG) and a resumed run draws exactly the noise an
             uninterrupted one would.
         compile: torch.compile the network for training steps (the EMA network and sampling stay eager).
+        p_uncond: for a class-conditional network (net.num_classes set; batches are (images, labels)), the
+            probability that training replaces a label by the null class (Ho & Salimans 2021).
+        guidance: the classifier-free guidance scale w that sampling uses unless told otherwise.
     """
 
     def __init__(
@@ -44,6 +48,8 @@ class DiffusionModule(L.LightningModule):
         config: dict[str, Any] | None = None,
         noise_seed: int = 0,
         compile: bool = False,
+        p_uncond: float = 0.1,
+        guidance: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "diffusion"])
@@ -56,11 +62,28 @@ class DiffusionModule(L.LightningModule):
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
     # ------------------------------------------------------------------ training
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.net(x_t, t)
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.net(x_t, t) if y is None else self.net(x_t, t, y)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional network (its null class is num_classes); None: unconditional."""
+        return getattr(self.net, "num_classes", None)
 
     def _images(self, batch: Any) -> Tensor:
         return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+    def _network_of(self, net: nn.Module, batch: Any, labels_dropped: Tensor | None = None) -> Any:
+        """The network as the diffusion calls it, net(x, t): with the batch's labels for a conditional network."""
+        if self.num_classes is None:
+            return net
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise ValueError(
+                "this network is class-conditional but the batches carry no labels: train with condition=class "
+                "(data.labels=true)"
+            )
+        y = batch[1] if labels_dropped is None else labels_dropped
+        return lambda x, t: net(x, t, y)
 
     def noise_generator(self, device: torch.device, micro_batch: int = 0) -> torch.Generator:
         """The generator for this step's t and eps (one per device, reseeded every step: cheap, no sync)."""
@@ -78,7 +101,11 @@ class DiffusionModule(L.LightningModule):
         g = self.noise_generator(x0.device, batch_idx % accumulate)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
-        loss = self.diffusion.training_losses(self.train_net, x0, t, noise).mean()
+        dropped = None
+        if self.num_classes is not None and isinstance(batch, (list, tuple)):
+            dropped = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
+        net = self._network_of(self.train_net, batch, dropped)
+        loss = self.diffusion.training_losses(net, x0, t, noise).mean()
         self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
@@ -108,7 +135,7 @@ class DiffusionModule(L.LightningModule):
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
-        loss = self.diffusion.training_losses(self.ema.module, x0, t, noise).mean()
+        loss = self.diffusion.training_losses(self._network_of(self.ema.module, batch), x0, t, noise).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
@@ -122,14 +149,41 @@ class DiffusionModule(L.LightningModule):
         generator: torch.Generator | None = None,
         use_ema: bool = True,
         progress: Progress | None = None,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
     ) -> Tensor:
-        """n images in [-1, 1] from the EMA (or raw) network with `sampler`."""
+        """n images in [-1, 1] from the EMA (or raw) network with `sampler`.
+
+        A class-conditional network draws image i of class labels[i] (default: classes 0, 1, ..., K-1, 0, 1, ...,
+        evenly spread) with classifier-free guidance scale `guidance` (default: the module's); labels and guidance
+        given to an unconditional network are refused."""
         net = self.ema.module if use_ema else self.net
+        model = net
+        if self.num_classes is None:
+            if labels is not None or guidance:
+                raise ValueError(
+                    "this model is unconditional: it takes no class labels and no guidance (train with condition=class)"
+                )
+        else:
+            if labels is None:
+                labels = torch.arange(n) % self.num_classes
+            labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+            if labels.shape != (n,):
+                raise ValueError(
+                    f"need one label per image: {n} images, labels of shape {tuple(labels.shape)}"
+                )
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            if bad.numel():
+                raise ValueError(
+                    f"label {int(bad[0])} is outside the model's classes 0..{self.num_classes - 1}: use labels in that range"
+                )
+            w = self.hparams.guidance if guidance is None else guidance
+            model = ClassConditioned(net, labels, self.num_classes, w)
         was_training = net.training
         net.eval()
         shape = (n, net.in_channels, net.image_size, net.image_size)
         try:
-            return sampler.sample(net, shape, generator=generator, device=self.device, progress=progress)
+            return sampler.sample(model, shape, generator=generator, device=self.device, progress=progress)
         finally:
             net.train(was_training)
 

@@ -27,7 +27,8 @@ class SampleGrid(L.Callback):
 
     `sampler` is a sampler node (conf/sampler/*.yaml; train.py passes its `sampler` group). The starting noise comes
     from a fixed seed, so grids from successive validations show the same samples evolving. The PNG goes to
-    `<dirpath>/step_<global_step>.png` (default: the trainer's run directory / samples).
+    `<dirpath>/step_<global_step>.png` (default: the trainer's run directory / samples). A class-conditional model's
+    grid has one row per class (n // classes images each), drawn with the run's guidance scale.
     """
 
     def __init__(
@@ -49,9 +50,16 @@ class SampleGrid(L.Callback):
             return None
         self._last_step = trainer.global_step
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        images = pl_module.sample(sampler_of(pl_module.diffusion, self.sampler), self.n, generator=generator)
+        sampler = sampler_of(pl_module.diffusion, self.sampler)
+        classes = getattr(pl_module, "num_classes", None)
+        if classes is None:
+            images, nrow = pl_module.sample(sampler, self.n, generator=generator), None
+        else:  # one row per class, n // classes images each (at least one)
+            nrow = max(1, self.n // classes)
+            labels = torch.arange(classes).repeat_interleave(nrow)
+            images = pl_module.sample(sampler, len(labels), generator=generator, labels=labels)
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
-        path = save_grid(images, folder / f"step_{trainer.global_step:07d}.png")
+        path = save_grid(images, folder / f"step_{trainer.global_step:07d}.png", nrow=nrow)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
