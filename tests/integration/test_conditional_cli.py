@@ -157,7 +157,7 @@ def test_the_guidance_sweep_reports_fid_kid_and_class_accuracy(
     assert 0 < results["classifier_held_out_accuracy"] <= 1
     md = (out / "guidance_table.md").read_text()
     assert (
-        "| w | FID (N = 20) | KID × 10³ | class accuracy | s per image |" in md
+        "| w | FID (N = 20) | KID × 10³ (± std over subsets, if they differ) | class accuracy |" in md
         and "held-out split it scores" in md
     )
     assert (

@@ -26,7 +26,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 4 and ckpt["ImageDataModule"]["batch_size"] == 8  # 16 split over 2 ranks
     (wb,) = find_offline_runs(run / "wandb")  # rank zero alone logs
-    fid = wb.values("val/fid_8_ddim3")
+    fid = wb.values("val/fid_8_dpm_solver_pp3")
     assert len(fid) == 2 and all(math.isfinite(v) and v > 0 for v in fid)
     # the checkpoint of the lowest FID, written once, with the best value kept for resuming
     best = torch.load(run / "checkpoints" / "best_fid.ckpt", weights_only=False, map_location="cpu")
@@ -39,7 +39,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     single_fid, single_kid = single_process_scores(run / "checkpoints" / "last.ckpt", fid_weights, tmp_path)
     assert fid[1] == pytest.approx(single_fid, rel=1e-3)
     # KID from the features gathered from both ranks, in rank order: the same subsets as in one process
-    assert wb.values("val/kid_8_ddim3")[1] == pytest.approx(single_kid, rel=1e-3, abs=1e-6)
+    assert wb.values("val/kid_8_dpm_solver_pp3")[1] == pytest.approx(single_kid, rel=1e-3, abs=1e-6)
 
 
 def single_process_scores(ckpt, weights, tmp_path) -> tuple[float, float]:

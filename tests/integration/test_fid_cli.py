@@ -16,9 +16,12 @@ def test_validation_fid_is_logged_to_wandb(run_train, tmp_path, fid_weights, mon
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
-    values = run.values("val/fid_8_ddim3")
+    values = run.values("val/fid_8_dpm_solver_pp3")
     assert len(values) == 1 and math.isfinite(values[0]) and values[0] > 0
-    kid, kid_std = run.values("val/kid_8_ddim3"), run.values("val/kid_std_8_ddim3")  # KID beside, same pass
+    kid, kid_std = (
+        run.values("val/kid_8_dpm_solver_pp3"),
+        run.values("val/kid_std_8_dpm_solver_pp3"),
+    )  # KID beside, same pass
     assert len(kid) == 1 and math.isfinite(kid[0]) and len(kid_std) == 1 and kid_std[0] >= 0
     assert run.values("val/samples/_type")  # the grid is logged alongside
     cached = list((tmp_path / ".cache" / "fid").glob("mnist5k-held_out-n16-*.pt"))

@@ -84,7 +84,11 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
     finals, params = [], []
     for trial in ("0", "1"):
         with open(next((sweep / trial).rglob("metrics.csv"))) as f:
-            fids = [float(r["val/fid_8_ddim3"]) for r in csv.DictReader(f) if r.get("val/fid_8_ddim3")]
+            fids = [
+                float(r["val/fid_8_dpm_solver_pp3"])
+                for r in csv.DictReader(f)
+                if r.get("val/fid_8_dpm_solver_pp3")
+            ]
         assert len(fids) == 1 and math.isfinite(fids[0]) and fids[0] > 0
         finals.append(fids[0])
         overrides = yaml.safe_load((sweep / trial / ".hydra" / "overrides.yaml").read_text())

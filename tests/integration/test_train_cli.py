@@ -134,6 +134,26 @@ def test_ddpm_cifar10_experiment_pins_the_paper_recipe(run_train):
     assert cfg["trainer"]["gradient_clip_val"] == 1.0
 
 
+def test_conditional_cifar10_experiment_is_the_paper_recipe_with_a_class_embedding(run_train):
+    proc = run_train("experiment=ddpm_cifar10_cond", "--cfg", "job", "--resolve", tiny=False)
+    _ok(proc)
+    import yaml
+
+    from ddpm.models import UNet
+
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["condition"] == {"name": "class", "p_uncond": 0.1, "guidance": 0.3}
+    assert cfg["data"]["labels"] is True and cfg["model"]["num_classes"] == "auto"
+    assert (
+        cfg["model"]["base_channels"] == 128 and cfg["optim"]["lr"] == 2e-4 and cfg["ema"]["decay"] == 0.9999
+    )
+    model = {k: v for k, v in cfg["model"].items() if k != "_target_"} | {"num_classes": 10}
+    extra = sum(p.numel() for p in UNet(**model).parameters()) - sum(
+        p.numel() for p in UNet(**(model | {"num_classes": None})).parameters()
+    )
+    assert extra == 11 * 512  # ten classes and the null class, embedded like the time (4 x 128 channels)
+
+
 def test_ddpm_cifar10_experiment_without_data_says_where_to_put_it(run_train):
     proc = run_train("experiment=ddpm_cifar10", tiny=False)
     assert proc.returncode == 2 and "CIFAR10 was not found under" in proc.stderr

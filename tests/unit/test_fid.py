@@ -157,7 +157,9 @@ def test_kid_equals_torch_fidelity_from_the_same_inception_pass(fid_weights, dig
         save_cpu_ram=True,
     )
     assert ours == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
-    assert ours > 0.01 and ours_std == pytest.approx(0.0, abs=1e-12)  # every subset is the same set
+    assert ours > 0.01 and ours_std is None  # every subset is the same set: no spread to report
+    # where torch-fidelity reports 0 up to float32 noise
+    assert theirs["kernel_inception_distance_std"] < 1e-5 * ours
     assert fid > 1.0
 
 
@@ -172,3 +174,17 @@ def test_kid_is_unbiased_for_two_samples_of_one_distribution():
     shifted, _ = kid_from_features(a, b + 0.5, subsets=50, subset_size=200)
     assert abs(same) < 3 * same_std + 1e-3 and same_std > 0
     assert shifted > 10 * (abs(same) + same_std)
+
+
+def test_kid_reports_no_spread_when_every_subset_is_all_the_images():
+    """N_real = N_fake <= subset size: every subset is both whole sets, so a std over subsets would be a false 0."""
+    from ddpm.metrics import kid_from_features
+    from ddpm.metrics.kid import format_kid, polynomial_mmd2
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g) + 0.3
+    value, std = kid_from_features(a, b, subsets=20, subset_size=1000)
+    assert std is None and value == pytest.approx(polynomial_mmd2(b.double(), a.double()), rel=1e-12)
+    assert format_kid(value, std).endswith("(one subset: all images)")
+    _, std_half = kid_from_features(a, b, subsets=20, subset_size=25)  # real subsets: a real spread
+    assert std_half is not None and std_half > 0

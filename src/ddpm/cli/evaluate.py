@@ -26,6 +26,7 @@ from ddpm.host_memory import retain_freed_memory
 from ddpm.images import to_uint8
 from ddpm.metrics import fid_key, guidance_table, install_reference, make_fid, nfe_table, score_samples
 from ddpm.metrics.classifier import load_or_train_classifier, predict
+from ddpm.metrics.kid import format_kid
 from ddpm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,7 @@ def _print(results: dict[str, Any], path: Path) -> None:
     if "fid" in results:
         fid = results["fid"]
         table.add_row(f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}")
-        table.add_row(
-            f"{fid['kid_key']} (mean ± std over subsets)", f"{fid['kid']:.4f} ± {fid['kid_std']:.4f}"
-        )
+        table.add_row(f"{fid['kid_key']} (mean ± std over subsets)", format_kid(fid["kid"], fid["kid_std"]))
     if "class_accuracy" in results.get("fid", {}):
         table.add_row(
             f"class accuracy (guidance {results['fid']['guidance']:g})",

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm.metrics.kid import kid_cell
+
 COLUMNS = ("guidance", "fid", "kid", "kid_std", "accuracy", "seconds_per_image", "nfe", "n")
 
 
@@ -15,13 +17,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], classifier_accuracy: float) -
     """One line per w: FID, KID x 10^3 (± std over subsets), class accuracy and seconds per image."""
     n = rows[0]["n"] if rows else 0
     lines = [
-        f"| w | FID (N = {n}) | KID × 10³ | class accuracy | s per image |",
+        f"| w | FID (N = {n}) | KID × 10³ (± std over subsets, if they differ) | class accuracy | s per image |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        kid = kid_cell(r["kid"], r["kid_std"])
         lines.append(
-            f"| {r['guidance']:g} | {r['fid']:.2f} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | "
-            f"{100 * r['accuracy']:.1f}% | {r['seconds_per_image']:.3f} |"
+            f"| {r['guidance']:g} | {r['fid']:.2f} | {kid} | {100 * r['accuracy']:.1f}% | "
+            f"{r['seconds_per_image']:.3f} |"
         )
     lines.append("")
     lines.append(
@@ -52,7 +55,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, classifier_accuracy: float,
     a.set(xlabel="guidance scale w", ylabel="FID", title="fidelity to the data: FID, KID")
     k = a.twinx()
     k.errorbar(
-        w, [r["kid"] for r in rows], yerr=[r["kid_std"] for r in rows], marker="s", color="C1", capsize=2
+        w,
+        [r["kid"] for r in rows],
+        yerr=[r["kid_std"] or 0.0 for r in rows],
+        marker="s",
+        color="C1",
+        capsize=2,
     )
     k.set_ylabel("KID", color="C1")
     b.plot(w, [100 * r["accuracy"] for r in rows], marker="o", color="C2", label="samples")

@@ -22,15 +22,20 @@ def polynomial_mmd2(x: Tensor, y: Tensor) -> float:
 
 def kid_from_features(
     real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """(mean, population std) of polynomial_mmd2 over `subsets` random subsets of min(subset_size, N_real, N_fake)
-    features drawn without replacement from each set, in float64."""
+    features drawn without replacement from each set, in float64.
+
+    When that subset is all of both sets (N_real = N_fake <= subset_size) every subset is the same: the value is
+    computed once and the std is None (there is no spread to report, and 0 would claim a certainty there is not)."""
     real, fake = real.double(), fake.double()
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError(
             f"KID needs at least 2 images on each side, got {len(real)} real and {len(fake)} generated"
         )
+    if m == len(real) == len(fake):
+        return polynomial_mmd2(fake, real), None
     g = torch.Generator().manual_seed(seed)
     values = torch.tensor(
         [
@@ -43,3 +48,15 @@ def kid_from_features(
         dtype=torch.float64,
     )
     return float(values.mean()), float(values.std(unbiased=False))
+
+
+def format_kid(kid: float, std: float | None, scale: float = 1.0, digits: int = 4) -> str:
+    """ "kid ± std" (both times `scale`), or "kid (all N in one subset)" when there is no spread over subsets."""
+    if std is None:
+        return f"{scale * kid:.{digits}f} (one subset: all images)"
+    return f"{scale * kid:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def kid_cell(kid: float, std: float | None) -> str:
+    """KID x 10^3 for a table cell: "41.48 ± 1.20", or "41.48" when there is no spread over subsets."""
+    return f"{1e3 * kid:.2f}" + ("" if std is None else f" ± {1e3 * std:.2f}")

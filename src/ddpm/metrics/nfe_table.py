@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm.metrics.kid import kid_cell
+
 COLUMNS = ("sampler", "steps", "nfe", "fid", "kid", "kid_std", "seconds_per_image", "n")
 
 
@@ -30,8 +32,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for title, fmt, key in (
         (f"FID (N = {n}) by network calls per image", lambda r: f"{r['fid']:.2f}", "fid"),
         (
-            f"KID × 10³ (N = {n}, ± std over subsets) by network calls per image",
-            lambda r: f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f}",
+            f"KID × 10³ (N = {n}; ± std over subsets, none when one subset holds all the images) by network calls per image",
+            lambda r: kid_cell(r["kid"], r["kid_std"]),
             "kid",
         ),
         ("seconds per image", lambda r: f"{r['seconds_per_image']:.3f}", None),
@@ -82,7 +84,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
         b.errorbar(
             nfe,
             [r["kid"] for r in mine],
-            yerr=[r["kid_std"] for r in mine],
+            yerr=[r["kid_std"] or 0.0 for r in mine],
             marker="o",
             capsize=2,
             label=name,

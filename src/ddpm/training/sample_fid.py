@@ -76,8 +76,10 @@ class SampleFID(L.Callback):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        return {
-            f"val/{fid_key(self.n, sampler.label, name)}": scores[name] for name in ("fid", "kid", "kid_std")
+        return {  # no kid_std when every KID subset is all the images (see kid_from_features)
+            f"val/{fid_key(self.n, sampler.label, name)}": scores[name]
+            for name in ("fid", "kid", "kid_std")
+            if scores[name] is not None
         }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
