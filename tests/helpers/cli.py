@@ -50,3 +50,18 @@ def run_script(script: str, *overrides: str, cwd: Path, timeout: int = 300) -> s
         text=True,
         timeout=timeout,
     )
+
+
+def train_tiny(root: Path, *overrides: str) -> Path:
+    """Train the TINY config (no logger, no grid) under root/run with `overrides`; returns its last.ckpt."""
+    proc = run_script(
+        "train.py",
+        *TINY,
+        "logger=none",
+        "~callbacks.sample_grid",
+        *overrides,
+        f"hydra.run.dir={root / 'run'}",
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"

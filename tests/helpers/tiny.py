@@ -12,8 +12,9 @@ from ddpm.models import UNet
 from ddpm.training import DiffusionModule
 
 
-def tiny_module(**kwargs) -> DiffusionModule:
-    net = UNet(
+def tiny_unet(num_classes: int | None = None) -> UNet:
+    """An 8x8 one-channel UNet of ~20k parameters (class-conditional with num_classes)."""
+    return UNet(
         image_size=8,
         in_channels=1,
         base_channels=8,
@@ -22,8 +23,12 @@ def tiny_module(**kwargs) -> DiffusionModule:
         attn_resolutions=(4,),
         num_groups=4,
         dropout=0.0,
+        num_classes=num_classes,
     )
-    return DiffusionModule(net, GaussianDiffusion(make_beta_schedule("linear", 100)), **kwargs)
+
+
+def tiny_module(**kwargs) -> DiffusionModule:
+    return DiffusionModule(tiny_unet(), GaussianDiffusion(make_beta_schedule("linear", 100)), **kwargs)
 
 
 def loader(n=32):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.cli import TINY, run_script
+from tests.helpers.cli import TINY, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
 
@@ -89,16 +89,7 @@ def test_bad_conditional_input_is_one_sentence(conditional, tmp_path):
 
 def test_guidance_or_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
-    proc = run_script(
-        "train.py",
-        *TINY,
-        "logger=none",
-        "~callbacks.sample_grid",
-        f"hydra.run.dir={tmp_path / 'u'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = tmp_path / "u" / "checkpoints" / "last.ckpt"
+    ckpt = train_tiny(tmp_path)
     assert "needs a class-conditional checkpoint" in _refused(
         "sample.py", f"ckpt_path={ckpt}", "guidance=2", cwd=tmp_path
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from tests.helpers.cli import TINY, TINY_FID, run_script
+from tests.helpers.cli import TINY, TINY_FID, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
 
@@ -59,16 +59,7 @@ def test_evaluate_bad_checkpoint_is_one_sentence(tmp_path):
 
 def test_the_quality_vs_nfe_sweep_writes_table_csv_plot_and_wandb(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
-    proc = run_script(
-        "train.py",
-        *TINY,
-        "logger=none",
-        "~callbacks.sample_grid",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = train_tiny(tmp_path)
     common = [f"ckpt_path={ckpt}", "metrics=[fid]", "fid.n=8", "fid.batch_size=8", "fid.reference_n=16"]
 
     # a cell the sampler cannot run is refused before any sampling, in one sentence

@@ -7,19 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.cli import run_script
+from tests.helpers.cli import run_script, train_tiny
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    from tests.helpers.cli import TINY
-
-    proc = run_script(
-        "train.py", *TINY, "logger=none", "~callbacks.sample_grid", f"hydra.run.dir={root / 'run'}", cwd=root
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "run" / "checkpoints" / "last.ckpt"
+    return train_tiny(tmp_path_factory.mktemp("train"))
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 5), ("dpm_solver_pp", 4), ("unipc", 4)])
@@ -122,20 +115,7 @@ def test_a_bad_sampler_is_one_sentence_before_sampling(checkpoint, tmp_path, ove
 
 @pytest.fixture(scope="module")
 def learned_variance_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_learned")
-    from tests.helpers.cli import TINY
-
-    proc = run_script(
-        "train.py",
-        *TINY,
-        "diffusion.var_type=learned_range",
-        "logger=none",
-        "~callbacks.sample_grid",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "run" / "checkpoints" / "last.ckpt"
+    return train_tiny(tmp_path_factory.mktemp("train_learned"), "diffusion.var_type=learned_range")
 
 
 def test_a_learned_variance_run_trains_samples_and_evaluates_its_bound(learned_variance_checkpoint, tmp_path):

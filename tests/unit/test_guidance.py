@@ -5,24 +5,15 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion, make_beta_schedule, make_sampler
 from ddpm.diffusion.guidance import ClassConditioned, drop_labels, guided
-from ddpm.models import UNet
 from ddpm.training import DiffusionModule
+from tests.helpers.tiny import tiny_unet
 
 K = 10
 
 
 def unet(num_classes=None, seed=0):
     torch.manual_seed(seed)
-    return UNet(
-        image_size=8,
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        num_groups=4,
-        num_classes=num_classes,
-    ).eval()
+    return tiny_unet(num_classes).eval()
 
 
 def randomise(net):

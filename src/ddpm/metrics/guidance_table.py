@@ -3,11 +3,11 @@ fidelity-diversity trade-off of Ho & Salimans 2021), as markdown, CSV and a plot
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm import reports
 from ddpm.metrics.kid import kid_cell
 
 COLUMNS = ("guidance", "fid", "kid", "kid_std", "accuracy", "seconds_per_image", "nfe", "n")
@@ -35,22 +35,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], classifier_accuracy: float) -
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    """One line per w, the columns of COLUMNS."""
+    return reports.write_csv(rows, path, COLUMNS)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, classifier_accuracy: float, title: str = "") -> Path:
     """FID and KID against w (left), class accuracy against w with the classifier's own held-out accuracy (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     w = [r["guidance"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig, (a, b) = reports.figure()
     a.plot(w, [r["fid"] for r in rows], marker="o", label="FID")
     a.set(xlabel="guidance scale w", ylabel="FID", title="fidelity to the data: FID, KID")
     k = a.twinx()
@@ -67,11 +59,4 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, classifier_accuracy: float,
     b.axhline(100 * classifier_accuracy, color="gray", ls="--", label="classifier on held-out data")
     b.set(xlabel="guidance scale w", ylabel="class accuracy (%)", title="class accuracy of the samples")
     b.legend()
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, title, (a, b))

@@ -3,11 +3,11 @@ and KID at the same N and seeds in every cell; as markdown, CSV and a plot of FI
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm import reports
 from ddpm.metrics.kid import kid_cell
 
 COLUMNS = ("sampler", "steps", "nfe", "fid", "kid", "kid_std", "seconds_per_image", "n")
@@ -61,22 +61,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """One line per cell, the columns of COLUMNS."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return reports.write_csv(rows, path, COLUMNS)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """FID and KID against network calls per image (log x axis), one line per sampler, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     samplers, _, _ = _cells(rows)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig, (a, b) = reports.figure()
     for name in samplers:
         mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
         nfe = [r["nfe"] for r in mine]
@@ -92,11 +83,5 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     for ax, what in ((a, "FID"), (b, "KID")):
         ax.set_xscale("log")
         ax.set(xlabel="network calls per image (NFE)", ylabel=what, title=f"{what} against NFE")
-        ax.grid(alpha=0.3, which="both")
     a.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, title, (a, b))

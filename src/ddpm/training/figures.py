@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from ddpm import reports
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.images import save_grid
 
@@ -35,25 +36,13 @@ def forward_process_frames(
 
 def schedule_figure(diffusion: GaussianDiffusion, path: Path, title: str = "") -> Path:
     """alphabar_t and log10 SNR(t) = log10(alphabar_t / (1 - alphabar_t)) against t, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = torch.arange(1, diffusion.num_timesteps + 1)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    fig, (a, b) = reports.figure(size=(8, 3))
     a.plot(t, diffusion.alphas_cumprod.float())
     a.set(xlabel="t", ylabel="alphabar_t", title="signal kept: alphabar_t", ylim=(0, 1.02))
     b.plot(t, diffusion.snr.float().log10())
     b.set(xlabel="t", ylabel="log10 SNR", title="log10 SNR(t)")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, title, (a, b))
 
 
 class ForwardProcessFigures(L.Callback):

@@ -1,0 +1,41 @@
+"""What evaluation and training write for people: CSV tables and matplotlib figures saved as PNG (headless)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> Path:
+    """One line per row, the given columns in order (other keys of a row are left out)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def figure(ncols: int = 2, size: tuple[float, float] = (9, 3.4)):
+    """(fig, axes) of a one-row matplotlib figure on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=size, dpi=100)
+
+
+def save_figure(fig, path: Path, title: str = "", axes=()) -> Path:
+    """Light grids on `axes`, the title, a tight layout; saved as PNG at `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
