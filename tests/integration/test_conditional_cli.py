@@ -159,3 +159,18 @@ def test_the_guidance_sweep_reports_fid_kid_and_class_accuracy(
     assert run.values("eval/guidance_table/nrows") == [2] and run.values("eval/guidance_plot/_type") == [
         "image-file"
     ]
+
+
+def test_the_bound_of_a_conditional_checkpoint_uses_each_image_class(conditional, tmp_path):
+    ckpt = conditional / "checkpoints" / "last.ckpt"
+    proc = run_script(
+        "evaluate.py",
+        f"ckpt_path={ckpt}",
+        "metrics=[nll]",
+        "nll.n=4",
+        f"hydra.run.dir={tmp_path / 'nll'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nll = json.loads((tmp_path / "nll" / "metrics.json").read_text())["nll"]
+    assert nll["n"] == 4 and 0 < nll["total_bpd"] < 50

@@ -163,11 +163,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         generator = torch.Generator(device=device).manual_seed(cfg.nll.seed)
         parts = {"total_bpd": [], "prior_bpd": [], "decoder_bpd": []}
         for i, batch in enumerate(loader):
-            x0 = batch.to(device)
+            x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
+            model = net
+            if conditional:  # the bound of p(x_0 | c) with each image's own class
+                labels = batch[1].to(device)
+                model = lambda x, t, y=labels: net(x, t, y)  # noqa: E731
             log.info(
                 "NLL: batch %d / %d (%d network calls)", i + 1, len(loader), module.diffusion.num_timesteps
             )
-            out = module.diffusion.calc_bpd_loop(net, x0, generator=generator, progress=progress_bar)
+            out = module.diffusion.calc_bpd_loop(model, x0, generator=generator, progress=progress_bar)
             parts["total_bpd"].append(out["total_bpd"].cpu())
             parts["prior_bpd"].append(out["prior_bpd"].cpu())
             parts["decoder_bpd"].append(out["vb_bpd"][:, 0].cpu())
