@@ -72,6 +72,19 @@ def test_sample_labels_all_and_a_list(conditional, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.load(tmp_path / "list" / "samples.npz")["labels"].tolist() == [3, 3, 7]
 
+    # no labels: the classes spread evenly over all n images, across batches
+    proc = run_script(
+        "sample.py",
+        f"ckpt_path={ckpt}",
+        "n=13",
+        "batch_size=4",
+        "sampler.steps=2",
+        f"hydra.run.dir={tmp_path / 'spread'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(tmp_path / "spread" / "samples.npz")["labels"].tolist() == [k % 10 for k in range(13)]
+
 
 def _refused(script, *args, cwd):
     proc = run_script(script, *args, f"hydra.run.dir={cwd / 'x'}", cwd=cwd)

@@ -42,6 +42,10 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if guidance is not None and guidance < 0:
         raise ConfigError(f"guidance must be >= 0, got {guidance}")
     n_total = cfg.n if labels is None else len(labels)
+    if (
+        module.num_classes is not None and labels is None
+    ):  # the classes spread evenly over all n, across batches
+        labels = torch.arange(n_total) % module.num_classes
 
     chunks = []
     for start in range(0, n_total, cfg.batch_size):
@@ -49,7 +53,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         n = min(cfg.batch_size, n_total - start)
         kwargs = {}
         if module.num_classes is not None:
-            kwargs = {"labels": None if labels is None else labels[start : start + n], "guidance": guidance}
+            kwargs = {"labels": labels[start : start + n], "guidance": guidance}
         chunks.append(
             to_uint8(
                 module.sample(
@@ -64,7 +68,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images.permute(0, 2, 3, 1).numpy()}
     if module.num_classes is not None:
-        arrays["labels"] = (torch.arange(n_total) % module.num_classes if labels is None else labels).numpy()
+        arrays["labels"] = labels.numpy()
     np.savez_compressed(out / "samples.npz", **arrays)
     save_grid(images, out / "samples.png", nrow=nrow)
     w = module.hparams.guidance if guidance is None else guidance
