@@ -187,3 +187,8 @@ def test_the_bound_of_a_conditional_checkpoint_uses_each_image_class(conditional
     assert proc.returncode == 0, proc.stderr[-3000:]
     nll = json.loads((tmp_path / "nll" / "metrics.json").read_text())["nll"]
     assert nll["n"] == 4 and 0 < nll["total_bpd"] < 50
+
+
+def test_a_conditional_network_without_labelled_batches_is_refused(tmp_path):
+    err = _refused("train.py", *TINY, "model.num_classes=10", "logger=none", cwd=tmp_path)
+    assert "the batches carry no labels: use condition=class" in err

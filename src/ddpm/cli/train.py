@@ -184,6 +184,11 @@ def resolve_num_classes(cfg: DictConfig, datamodule) -> None:
     wanted = cfg.model.get("num_classes")
     if wanted is None:
         return
+    if not cfg.data.get("labels"):
+        raise ConfigError(
+            f"model.num_classes={wanted} makes the network class-conditional, but the batches carry no labels: "
+            "use condition=class (it sets both)"
+        )
     datamodule.setup("fit")
     found = datamodule.num_classes
     if found is None:
