@@ -83,14 +83,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             def draw(count: int, generator: torch.Generator) -> torch.Tensor:
                 nonlocal seconds, correct
                 start = time.perf_counter()
-                kwargs = {"guidance": guidance} if conditional else {}
+                kwargs = {}
+                if conditional:
+                    labels = torch.arange(count) % module.num_classes
+                    kwargs = {"labels": labels, "guidance": guidance}
                 images = module.sample(
                     sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar, **kwargs
                 )
                 seconds += time.perf_counter() - start
-                if classifier is not None:
+                if classifier is not None:  # judged against the very labels the images were drawn with
                     as_saved = to_uint8(images).float().cpu() / 127.5 - 1.0
-                    labels = torch.arange(count) % module.num_classes
                     correct += int((predict(classifier, as_saved) == labels).sum())
                 return images
 
@@ -263,7 +265,8 @@ def write_sweep(results: dict[str, Any], folder: Path) -> dict[str, str]:
 
 def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
     """The results as an offline (or online) W&B run of job type `evaluate` in the output folder: the scores as
-    summary values, the sweep as a table (eval/nfe_table) and its plot (eval/nfe_plot)."""
+    summary values, a sweep as a table and its plot (eval/nfe_table and eval/nfe_plot, eval/guidance_table and
+    eval/guidance_plot)."""
     import wandb
 
     run = wandb.init(
@@ -280,23 +283,17 @@ def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
             logged |= {f"eval/{fid['key']}": fid["value"], f"eval/{fid['kid_key']}": fid["kid"]}
         if "nll" in results:
             logged["eval/nll_bpd"] = results["nll"]["total_bpd"]
-        if "guidance_sweep" in results:
-            rows = results["guidance_sweep"]["rows"]
-            columns = list(guidance_table.COLUMNS)
-            table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-            logged |= {
-                "eval/guidance_table": table,
-                "eval/guidance_plot": wandb.Image(results["guidance_sweep"]["files"]["plot"]),
-            }
-        if "sweep" in results:
-            rows = results["sweep"]["rows"]
-            table = wandb.Table(
-                columns=list(nfe_table.COLUMNS), data=[[r[c] for c in nfe_table.COLUMNS] for r in rows]
-            )
-            logged |= {
-                "eval/nfe_table": table,
-                "eval/nfe_plot": wandb.Image(results["sweep"]["files"]["plot"]),
-            }
+        for key, report, name in (
+            ("sweep", nfe_table, "nfe"),
+            ("guidance_sweep", guidance_table, "guidance"),
+        ):
+            if key in results:
+                columns = list(report.COLUMNS)
+                rows = [[r[c] for c in columns] for r in results[key]["rows"]]
+                logged |= {
+                    f"eval/{name}_table": wandb.Table(columns=columns, data=rows),
+                    f"eval/{name}_plot": wandb.Image(results[key]["files"]["plot"]),
+                }
         run.log(logged)
     finally:
         run.finish()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm import reports
-from ddpm.metrics.kid import kid_cell
+from ddpm.metrics.kid import format_kid
 
 COLUMNS = ("guidance", "fid", "kid", "kid_std", "accuracy", "seconds_per_image", "nfe", "n")
 
@@ -21,7 +21,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], classifier_accuracy: float) -
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        kid = kid_cell(r["kid"], r["kid_std"])
+        kid = format_kid(r["kid"], r["kid_std"], 1e3, 2, note="")
         lines.append(
             f"| {r['guidance']:g} | {r['fid']:.2f} | {kid} | {100 * r['accuracy']:.1f}% | "
             f"{r['seconds_per_image']:.3f} |"

@@ -50,13 +50,15 @@ def kid_from_features(
     return float(values.mean()), float(values.std(unbiased=False))
 
 
-def format_kid(kid: float, std: float | None, scale: float = 1.0, digits: int = 4) -> str:
-    """ "kid ± std" (both times `scale`), or "kid (all N in one subset)" when there is no spread over subsets."""
+def format_kid(
+    kid: float,
+    std: float | None,
+    scale: float = 1.0,
+    digits: int = 4,
+    note: str = " (one subset: all images)",
+) -> str:
+    """ "kid ± std" (both times `scale`), or "kid" and `note` when there is no spread over subsets (std None).
+    Table cells use format_kid(kid, std, 1e3, 2, note="")."""
     if std is None:
-        return f"{scale * kid:.{digits}f} (one subset: all images)"
+        return f"{scale * kid:.{digits}f}{note}"
     return f"{scale * kid:.{digits}f} ± {scale * std:.{digits}f}"
-
-
-def kid_cell(kid: float, std: float | None) -> str:
-    """KID x 10^3 for a table cell: "41.48 ± 1.20", or "41.48" when there is no spread over subsets."""
-    return f"{1e3 * kid:.2f}" + ("" if std is None else f" ± {1e3 * std:.2f}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm import reports
-from ddpm.metrics.kid import kid_cell
+from ddpm.metrics.kid import format_kid
 
 COLUMNS = ("sampler", "steps", "nfe", "fid", "kid", "kid_std", "seconds_per_image", "n")
 
@@ -33,7 +33,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         (f"FID (N = {n}) by network calls per image", lambda r: f"{r['fid']:.2f}", "fid"),
         (
             f"KID × 10³ (N = {n}; ± std over subsets, none when one subset holds all the images) by network calls per image",
-            lambda r: kid_cell(r["kid"], r["kid_std"]),
+            lambda r: format_kid(r["kid"], r["kid_std"], 1e3, 2, note=""),
             "kid",
         ),
         ("seconds per image", lambda r: f"{r['seconds_per_image']:.3f}", None),
