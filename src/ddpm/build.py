@@ -62,6 +62,8 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
             adam_betas=tuple(cfg.optim.adam_betas),
             eps=cfg.optim.eps,
             warmup_steps=cfg.optim.warmup_steps,
+            lr_decay=cfg.optim.get("decay", "constant"),
+            final_lr_ratio=cfg.optim.get("final_lr_ratio", 0.0),
             ema_decay=cfg.ema.decay,
             ema_warmup=cfg.ema.warmup,
             noise_seed=cfg.get("seed") or 0,

@@ -1,3 +1,5 @@
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -147,3 +149,48 @@ def test_eta_is_the_sooner_of_max_steps_and_max_time():
     assert eta_seconds(10, 90, 20.0, 60.0) == 60.0  # the time budget ends first
     assert eta_seconds(0, 90, 0.0, None) is None and eta_seconds(5, None, 1.0, None) is None
     assert clock(59.6) == "1:00" and clock(3725) == "1:02:05" and clock(None) == "?"
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_lr_decays_to_the_final_ratio_at_max_steps(decay):
+    """After a 2-step warm-up the rate falls to final_lr_ratio * lr at max_steps: each step's rate, recorded in a
+    real Trainer, against the decay written out from its definition."""
+    lr, warmup, max_steps, final = 1e-2, 2, 10, 0.1
+    module = tiny_module(lr=lr, warmup_steps=warmup, lr_decay=decay, final_lr_ratio=final)
+    lrs = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer(max_steps=max_steps, callbacks=[RecordLR()]).fit(module, loader(n=96))
+    assert len(lrs) == max_steps
+
+    def expected(step: int) -> float:
+        # LambdaLR evaluates the rate of step k after k optimizer steps, when the global step is k
+        p = step / max_steps
+        shape = 0.5 * (1 + math.cos(math.pi * p)) if decay == "cosine" else 1 - p
+        return lr * min(1.0, (step + 1) / warmup) * (final + (1 - final) * shape)
+
+    assert lrs == pytest.approx([expected(k) for k in range(max_steps)], rel=1e-9)
+    assert lrs[-1] < lrs[warmup] < lr
+
+
+def test_lr_decay_follows_max_time_when_it_ends_the_run_first(monkeypatch):
+    """With a wall-clock budget, progress is the larger of the step fraction and the time fraction."""
+    from lightning.pytorch.callbacks import Timer
+
+    from ddpm.training.module import lr_at, training_progress
+
+    timer = Timer(duration="00:00:01:40")  # 100 s
+    monkeypatch.setattr(timer, "time_elapsed", lambda stage="train": 75.0)
+    fake = type("T", (), {"max_steps": 1000, "global_step": 100, "callbacks": [timer]})()
+    assert training_progress(fake) == pytest.approx(0.75)  # time: 75%, steps: 10%
+    fake.global_step = 900
+    assert training_progress(fake) == pytest.approx(0.9)
+    fake.max_steps, fake.callbacks = -1, []
+    assert training_progress(fake) == 0.0
+    assert lr_at(50, 2.0, 0, "cosine", 0.5) == pytest.approx(1.0)
+    assert lr_at(50, 2.0, 0, "constant", 0.9) == 2.0
+    with pytest.raises(ValueError, match="is not one of constant, cosine, linear"):
+        tiny_module(lr_decay="step")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
@@ -21,7 +23,10 @@ class DiffusionModule(L.LightningModule):
         net: the network, called as net(x_t, t).
         diffusion: the GaussianDiffusion (schedule, objective, reverse variance).
         lr, weight_decay, adam_betas, eps: AdamW settings (weight_decay=0 is Adam).
-        warmup_steps: linear learning-rate warm-up from 0 to lr over this many optimizer steps, then constant.
+        warmup_steps: linear learning-rate warm-up from 0 to lr over this many optimizer steps.
+        lr_decay: after the warm-up, `constant`, or `cosine` / `linear` decay to `final_lr_ratio` * lr at the end of
+            training: of trainer.max_steps or of trainer.max_time, whichever ends first (see `training_progress`).
+        final_lr_ratio: the learning rate at the end of a decay, as a fraction of lr.
         ema_decay, ema_warmup: see `EMA`.
         config: the resolved run configuration, stored in every checkpoint and logged as hyperparameters.
         noise_seed: seeds the training noise: t and eps of each batch come from a generator seeded with
@@ -43,6 +48,8 @@ class DiffusionModule(L.LightningModule):
         adam_betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         warmup_steps: int = 5000,
+        lr_decay: str = "constant",
+        final_lr_ratio: float = 0.0,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         config: dict[str, Any] | None = None,
@@ -52,6 +59,8 @@ class DiffusionModule(L.LightningModule):
         guidance: float = 0.0,
     ) -> None:
         super().__init__()
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay={lr_decay!r} is not one of {', '.join(LR_DECAYS)}")
         self.save_hyperparameters(ignore=["net", "diffusion"])
         self.net = net
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
@@ -125,7 +134,13 @@ class DiffusionModule(L.LightningModule):
             weight_decay=hp.weight_decay,
         )
         warmup = max(0, int(hp.warmup_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, 1.0, warmup))
+        decay, final = hp.get("lr_decay", "constant"), hp.get("final_lr_ratio", 0.0)
+
+        def factor(step: int) -> float:
+            progress = training_progress(self.trainer) if self._trainer is not None else 0.0
+            return lr_at(step, 1.0, warmup, decay, progress, final)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation: held-out loss with EMA weights
@@ -204,10 +219,46 @@ def noise_key(seed: int, rank: int, step: int, micro_batch: int = 0) -> int:
     return ((((seed * 65_537 + rank) * 1_000_003 + step) * 64) + micro_batch) % 2**63
 
 
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """The learning rate at optimizer step `step` (0-based): lr * min(1, (step + 1) / warmup_steps), a linear warm-up
-    to lr over warmup_steps steps, then constant (warmup_steps = 0: lr from the first step)."""
-    return lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+LR_DECAYS = ("constant", "cosine", "linear")
 
 
-__all__ = ["DiffusionModule", "NonFiniteLossError", "lr_at", "noise_key"]
+def lr_at(
+    step: int,
+    lr: float,
+    warmup_steps: int,
+    decay: str = "constant",
+    progress: float = 0.0,
+    final_ratio: float = 0.0,
+) -> float:
+    """The learning rate at optimizer step `step` (0-based), `progress` in [0, 1] of the way through training:
+
+        lr * min(1, (step + 1) / warmup_steps) * d(progress),
+
+    a linear warm-up to lr over warmup_steps steps (0: none), times the decay d: 1 (`constant`),
+    r + (1 - r) (1 + cos(pi p)) / 2 (`cosine`) or r + (1 - r) (1 - p) (`linear`), r = final_ratio."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    p = min(1.0, max(0.0, progress))
+    if decay == "constant":
+        d = 1.0
+    elif decay == "cosine":
+        d = final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    elif decay == "linear":
+        d = final_ratio + (1 - final_ratio) * (1 - p)
+    else:
+        raise ValueError(f"lr decay {decay!r} is not one of {', '.join(LR_DECAYS)}")
+    return lr * warm * d
+
+
+def training_progress(trainer: L.Trainer) -> float:
+    """How far training is, in [0, 1]: the larger of global_step / max_steps and elapsed / max_time (Lightning's
+    Timer, which counts resumed segments too), i.e. of whichever limit ends the run first; 0 with neither."""
+    fractions = [0.0]
+    if trainer.max_steps and trainer.max_steps > 0:
+        fractions.append(trainer.global_step / trainer.max_steps)
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    if timer is not None and timer._duration:
+        fractions.append(timer.time_elapsed("train") / timer._duration)
+    return min(1.0, max(fractions))
+
+
+__all__ = ["LR_DECAYS", "DiffusionModule", "NonFiniteLossError", "lr_at", "noise_key", "training_progress"]
