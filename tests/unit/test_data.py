@@ -134,3 +134,20 @@ def test_a_flat_image_folder_has_no_labels(tmp_path):
         ImageDataModule(
             source="image_folder", root=str(tmp_path), image_size=8, channels=3, labels=True
         ).setup()
+
+
+def test_validation_loss_uses_a_fixed_subset_and_the_reference_the_whole_split():
+    """val_loss_n held-out images (the first ones, the same every validation) for the loss; the whole held-out split
+    stays the FID / KID reference (val_set) and the test loader; null: the whole split for the loss too."""
+    dm = ImageDataModule(val_loss_n=120, eval_batch_size=50)
+    dm.setup("fit")
+    first = torch.cat(list(dm.val_dataloader()))
+    again = torch.cat(list(dm.val_dataloader()))
+    assert len(first) == 120 and torch.equal(first, again)
+    assert torch.equal(first, torch.stack([dm.val_set[i] for i in range(120)]))
+    assert len(dm.val_set) == 500 and len(torch.cat(list(dm.test_dataloader()))) == 500
+    whole = ImageDataModule(val_loss_n=None, eval_batch_size=50)
+    whole.setup("fit")
+    assert len(torch.cat(list(whole.val_dataloader()))) == 500
+    with pytest.raises(ConfigError, match="data.val_loss_n must be at least 1"):
+        ImageDataModule(val_loss_n=0)

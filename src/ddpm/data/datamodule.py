@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from ddpm.data.sources import build_datasets, check_source, num_classes
 from ddpm.errors import ConfigError
@@ -63,6 +63,9 @@ class ImageDataModule(L.LightningDataModule):
     The training order is reproducible from `split_seed` and resumable mid-epoch: the position in the epoch is
     saved in every checkpoint (`state_dict`) and restored on resume.
 
+    Validation: the held-out loss is computed on the first `val_loss_n` held-out images (a fixed subset, so curves
+    compare; None: the whole split). FID and KID use the whole held-out split as their reference.
+
     Labels: sources with classes (mnist5k, mnist, fashion_mnist, cifar10, an image folder with class subfolders) know
     them (`num_classes`); with `labels=True` batches are (images, labels) instead of images (condition=class).
     """
@@ -82,6 +85,7 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         global_batch_size: int | None = None,
         labels: bool = False,
+        val_loss_n: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,6 +98,11 @@ class ImageDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.global_batch_size = global_batch_size
         self.labels = labels
+        if val_loss_n is not None and val_loss_n < 1:
+            raise ConfigError(
+                f"data.val_loss_n must be at least 1 (or null: the whole held-out split), got {val_loss_n}"
+            )
+        self.val_loss_n = val_loss_n
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._resume: dict[str, int] | None = None
@@ -186,14 +195,22 @@ class ImageDataModule(L.LightningDataModule):
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def val_dataloader(self) -> DataLoader:
-        """The held-out split in order; under DDP each rank takes its share (DistributedSampler, no shuffling)."""
+        """The first `val_loss_n` held-out images in order; under DDP each rank takes its share (DistributedSampler,
+        no shuffling)."""
+        held_out = self.val_set
+        if self.val_loss_n is not None and self.val_loss_n < len(held_out):
+            held_out = Subset(held_out, range(self.val_loss_n))
+        return self._eval_loader(held_out)
+
+    def test_dataloader(self) -> DataLoader:
+        """The whole held-out split in order (sharded under DDP like val_dataloader)."""
+        return self._eval_loader(self.val_set)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
         trainer = self.trainer
         sampler = None
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(
-                self.val_set, trainer.world_size, trainer.global_rank, shuffle=False, drop_last=False
+                dataset, trainer.world_size, trainer.global_rank, shuffle=False, drop_last=False
             )
-        return self._loader(self.val_set, self.eval_batch_size, sampler, drop_last=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self._loader(dataset, self.eval_batch_size, sampler, drop_last=False)
