@@ -6,6 +6,7 @@ import csv
 import math
 
 import cloudpickle
+import optuna
 import pytest
 import torch
 import yaml
@@ -57,12 +58,13 @@ def test_grid_sweep_of_runs_that_never_validate_runs_every_job(tmp_path):
 def test_optuna_search_whose_trials_cannot_log_the_metric_stops_before_any_trains(tmp_path):
     sweep = tmp_path / "optuna"
     proc = run_script(
-        "train.py", *TINY, "hparams_search=fid_optuna", "trainer.val_check_interval=250", "trainer.max_steps=3",
-        f"hydra.sweep.dir={sweep}", "logger=none", cwd=tmp_path, timeout=600,
+        "train.py", *TINY, "hparams_search=fid_optuna", "optimized_metric=val/loss", "trainer.val_check_interval=250",
+        "trainer.max_steps=3", f"hydra.sweep.dir={sweep}", "logger=none", cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert (
-        "error: optimized_metric=val/fid is logged at validation, but trainer.max_steps=3 ends" in proc.stderr
+        "error: optimized_metric=val/loss is logged at validation, but trainer.max_steps=3 ends"
+        in proc.stderr
     )
     assert "Traceback" not in proc.stderr
     assert not list(sweep.rglob("*.ckpt"))
@@ -74,10 +76,13 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
     proc = run_script(
         "train.py", *TINY, "hparams_search=fid_optuna", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}", "trainer.max_steps=2",
-        *TINY_FID[1:], "logger=csv",
+        *TINY_FID[1:], "logger=csv", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
         cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # the study lives in its database (resumable, shareable by parallel workers), with both trials' values
+    study = optuna.load_study(study_name="ddpm_fid", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len([t for t in study.trials if t.value is not None]) == 2
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]
     # each trial returned its last validation FID (its CSV log); the search reports the smallest and its parameters
@@ -89,8 +94,9 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
                 for r in csv.DictReader(f)
                 if r.get("val/fid_8_dpm_solver_pp3")
             ]
-        assert len(fids) == 1 and math.isfinite(fids[0]) and fids[0] > 0
-        finals.append(fids[0])
+        # after the validation at step 2 and when training ends, at the same step: the same weights, the same value
+        assert len(fids) == 2 and math.isfinite(fids[0]) and fids[0] > 0 and fids[1] == fids[0]
+        finals.append(fids[-1])
         overrides = yaml.safe_load((sweep / trial / ".hydra" / "overrides.yaml").read_text())
         params.append(dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in result["best_params"]))
     assert finals[0] != finals[1]  # the trials differ, so the choice below is a real one

@@ -188,3 +188,22 @@ def test_kid_reports_no_spread_when_every_subset_is_all_the_images():
     assert format_kid(value, std).endswith("(one subset: all images)")
     _, std_half = kid_from_features(a, b, subsets=20, subset_size=25)  # real subsets: a real spread
     assert std_half is not None and std_half > 0
+
+
+def test_local_weights_never_point_at_a_download(tmp_path, monkeypatch):
+    """The default run's end-of-training FID only runs on weights already on disk: $DDPM_FID_WEIGHTS, else the
+    official file in the torch hub cache, else None (and then nothing is downloaded)."""
+    from ddpm.metrics import local_weights
+    from ddpm.metrics.fid import OFFICIAL_WEIGHTS
+
+    monkeypatch.delenv("DDPM_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert local_weights() is None
+    cached = tmp_path / "hub" / "checkpoints" / OFFICIAL_WEIGHTS
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert local_weights() == str(cached)
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"y")
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", str(mine))
+    assert local_weights() == str(mine)

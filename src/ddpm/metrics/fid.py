@@ -48,6 +48,16 @@ def resolve_weights(path: str | None = None) -> str | None:
     return str(p)
 
 
+def local_weights(path: str | None = None) -> str | None:
+    """The Inception weights available without a download: `path` or $DDPM_FID_WEIGHTS (which must exist), else the
+    official file in the torch hub cache where torch-fidelity keeps it, else None."""
+    resolved = resolve_weights(path)
+    if resolved is not None:
+        return resolved
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_WEIGHTS
+    return str(cached) if cached.is_file() else None
+
+
 _weights_digests: dict[tuple[str, int, int], str] = {}
 
 
