@@ -7,10 +7,12 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 # extra options of benchmarks/bench_train.py, e.g. make bench-train BENCH_TRAIN_ARGS="--isa avx2 --rounds 3"
 BENCH_TRAIN_ARGS ?=
+# wall-clock training budget of make bench-quality, in minutes
+BUDGET_MIN ?= 10
 # Hydra overrides for `make train`, e.g. make train ARGS="schedule=cosine trainer.max_steps=200"
 ARGS ?=
 
-.PHONY: help install install-bench train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu
+.PHONY: help install install-bench train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu bench-quality
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -45,6 +47,9 @@ bench-train: $(STAMP)  ## training / inference throughput table: ours (Lightning
 
 bench-gpu: $(STAMP)  ## the paper's CIFAR-10 model on one GPU: training steps/s, DDPM-1000 / DDIM-50 img/s, 10k-sample FID time
 	$(PY) benchmarks/bench_gpu.py
+
+bench-quality: $(STAMP)  ## train the default for BUDGET_MIN minutes on mnist5k and full MNIST; FID and KID (N=1000) beside the data's floor
+	BUDGET_MIN=$(BUDGET_MIN) $(PY) benchmarks/bench_quality.py
 
 bench: bench-train bench-sample  ## every CPU benchmark
 

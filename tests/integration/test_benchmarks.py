@@ -99,3 +99,26 @@ def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
     )
     assert like and float(like.group(1)) > 0 and float(like.group(2)) > 0, out
     assert re.search(r"diffusers with freed memory retained / in a plain process: [\d.]+ ", out), out
+
+
+@pytest.mark.slow
+def test_bench_quality_trains_scores_and_prints_its_machine_readable_line(tmp_path, fid_weights, monkeypatch):
+    """The real train.py for a 6-second budget, the real evaluate.py, the floor: the last line says what it reached,
+    and a network trained for seconds (noise) scores far above real digits."""
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
+    proc = run_script(
+        "benchmarks/bench_quality.py", "--budget-min=0.1", "--n=8", "--reference-n=16", "--data", "mnist5k",
+        "--out", str(tmp_path / "bench"), "--", *TINY_MODEL, "data.batch_size=8", "sampler.steps=3",
+        "trainer.val_check_interval=10", "logger=none", "~callbacks.progress_bar",
+        cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in last.split()[1:])
+    assert last.startswith("quality data=mnist5k minutes=0.1 steps=")
+    assert set(fields) == {"data", "minutes", "steps", "fid", "floor_fid", "kid", "kid_std", "floor_kid"}
+    assert int(fields["steps"]) > 0
+    assert float(fields["fid"]) > float(fields["floor_fid"]) > 0
+    assert float(fields["kid"]) > float(fields["floor_kid"])
+    assert list((tmp_path / ".cache" / "fid").glob("mnist5k-floor-n8-ref16-*.json"))  # the floor is cached
+    assert "| the floor: 8 training images |" in proc.stdout

@@ -27,6 +27,7 @@ from ddpm.checkpoint import check_resume, find_last_checkpoint
 from ddpm.cli.errors import exit_on_config_error
 from ddpm.errors import CONFIG_MISTAKES, ConfigError, building
 from ddpm.host_memory import retain_freed_memory
+from ddpm.training import RunClock, SampleFID
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda r: "litlogger" not in r.getMessage()
 )
+# ...and says, each time it saves a checkpoint at the end of a run, that it saves the whole state (as it should)
+logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
+    lambda r: "`weights_only` was not set" not in r.getMessage()
+)
 
 
 # the numeric values a user sets most, with their type: a wrong type stops the run with the key's name
@@ -52,6 +57,7 @@ NUMERIC_KEYS = {
     "data.image_size": INTEGER,
     "data.num_workers": INTEGER,
     "data.val_fraction": NUMBER,
+    "data.val_loss_n": INTEGER,
     "schedule.num_timesteps": INTEGER,
     "model.base_channels": INTEGER,
     "model.num_res_blocks": INTEGER,
@@ -62,6 +68,7 @@ NUMERIC_KEYS = {
     "optim.weight_decay": NUMBER,
     "optim.eps": NUMBER,
     "optim.warmup_steps": INTEGER,
+    "optim.final_lr_ratio": NUMBER,
     "ema.decay": NUMBER,
     "diffusion.snr_gamma": NUMBER,
     "diffusion.vlb_weight": NUMBER,
@@ -113,8 +120,12 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     if not sweeper_optimises():
         return
     name = cfg.get("optimized_metric") or "val/loss"
-    if name.startswith("val/fid") and not (cfg.get("callbacks") or {}).get("fid"):
-        raise ConfigError(f"optimized_metric={name} needs the FID callback: add callbacks=fid")
+    fid = (cfg.get("callbacks") or {}).get("fid")
+    if name.startswith(("val/fid", "val/kid")):
+        if not fid:
+            raise ConfigError(f"optimized_metric={name} needs the FID callback: add callbacks=fid")
+        if fid.get("at_train_end"):  # scored when training ends, whenever that is
+            return
     max_steps, interval = cfg.trainer.get("max_steps", -1), cfg.trainer.get("val_check_interval")
     if name.startswith("val/") and isinstance(interval, int) and 0 < max_steps < interval:
         raise ConfigError(
@@ -217,6 +228,15 @@ def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
         f"run finished: step {trainer.global_step} in {seconds / 60:.1f} min; {reached}",
         f"  checkpoint: {ckpt}" if ckpt.is_file() else "  checkpoint: none written",
     ]
+    clock = next((cb for cb in trainer.callbacks if isinstance(cb, RunClock)), None)
+    fid = next((cb for cb in trainer.callbacks if isinstance(cb, SampleFID) and cb.end_seconds), None)
+    if clock is not None or fid is not None:
+        spent = []
+        if clock is not None:
+            spent.append(f"validation {clock.validation_s:.0f} s of {clock.elapsed():.0f} s training")
+        if fid is not None:
+            spent.append(f"final FID / KID {fid.end_seconds:.0f} s")
+        lines.append(f"  time:       {'; '.join(spent)}")
     if grids:
         lines.append(f"  last grid:  {grids[-1]}")
     if runs:
@@ -230,9 +250,14 @@ def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
 
 
 def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
-    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50). Missing: a sweeper
+    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50, `val/kid` finds
+    val/kid_256_ddim50). Missing: a sweeper
     that optimises cannot go on without it (ConfigError); a grid sweep or a single run only warns."""
-    matches = [name] if name in metrics else [k for k in metrics if k.startswith(f"{name}_")]
+    matches = (
+        [name]
+        if name in metrics  # val/kid finds val/kid_1k_ddim50, not its spread val/kid_std_1k_ddim50
+        else [k for k in metrics if k.startswith(f"{name}_") and not k.startswith(f"{name}_std_")]
+    )
     if len(matches) == 1:
         return float(metrics[matches[0]])
     message = (

@@ -69,11 +69,6 @@ class ForwardProcessFigures(L.Callback):
         )
 
         steps = frame_steps(diffusion.num_timesteps, self.frames)
-        stride = max(1, diffusion.num_timesteps // 100)
-        rows = [
-            [t + 1, float(diffusion.alphas_cumprod[t]), float(diffusion.snr[t].log10())]
-            for t in range(0, diffusion.num_timesteps, stride)
-        ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
@@ -83,6 +78,3 @@ class ForwardProcessFigures(L.Callback):
                     step=0,
                 )
                 logger.log_image(key="schedule/curves", images=[str(curves)], step=0)
-                logger.log_table(
-                    key="schedule/alphabar_snr", columns=["t", "alphabar", "log10_snr"], data=rows, step=0
-                )
