@@ -16,6 +16,7 @@ Needs the FID Inception weights ($DDPM_FID_WEIGHTS, or ../shared/assets/); never
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -40,13 +41,26 @@ SHARED = Path(os.environ.get("DDPM_SHARED", ROOT.parent / "shared"))
 SHARED_WEIGHTS = SHARED / "assets" / "inception-2015-12-05-fid-features-only-nofc.pth"
 DATASETS = {  # name -> Hydra overrides of the data group
     "mnist5k": ["data=mnist5k"],
-    "mnist": ["data=mnist", f"data.root={SHARED / 'data'}"],
+    "mnist": ["data=mnist", f"data.root={RUN_ROOT / 'data'}"],
 }
 
 
 def isa() -> str:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
+
+
+def unpack_mnist() -> None:
+    """torchvision reads MNIST's four files unpacked under <root>/MNIST/raw/; the shared folder holds them gzipped
+    (and read-only): unpack them once into this project's data/ (no download)."""
+    src, dst = SHARED / "data" / "MNIST" / "raw", RUN_ROOT / "data" / "MNIST" / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    for archive in src.glob("*.gz"):
+        target = dst / archive.stem
+        if not target.is_file():
+            with gzip.open(archive, "rb") as f:
+                target.with_suffix(".tmp").write_bytes(f.read())
+            target.with_suffix(".tmp").replace(target)
 
 
 def run(script: str, overrides: list[str], log: Path) -> str:
@@ -113,6 +127,8 @@ def main() -> None:
             f"full MNIST needs its raw files under {SHARED / 'data' / 'MNIST' / 'raw'}: set DDPM_SHARED, or --data mnist5k"
         )
     os.environ["DDPM_FID_WEIGHTS"] = weights
+    if "mnist" in args.data:
+        unpack_mnist()
     cache_dir = RUN_ROOT / ".cache" / "fid"
     stamp = datetime.now(timezone.utc)
     budget = time.strftime("%H:%M:%S", time.gmtime(round(args.budget_min * 60)))

@@ -20,7 +20,8 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
-    assert len(run.values("val/fid_8_dpm_solver_pp3")) == 2 and run.values("val/samples/_type")
+    # validations at steps 2 and 4, and the end of training
+    assert len(run.values("val/fid_8_dpm_solver_pp3")) == 3 and run.values("val/samples/_type")
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = run_script(

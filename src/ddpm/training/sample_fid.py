@@ -67,9 +67,8 @@ class SampleFID(L.Callback):
         self.best_path = best_path
         self.best: float | None = None
         self._improved = False
-        self.end_seconds: float | None = (
-            None  # how long the end-of-training score took (the run's summary says)
-        )
+        # how long the end-of-training score took (the run's summary says)
+        self.end_seconds: float | None = None
 
     @torch.no_grad()
     def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
