@@ -28,9 +28,10 @@ class RecordBatches(L.Callback):
 
 
 def _fit(tmp_path, max_steps, ckpt_path=None, every_n_train_steps=1, callbacks=()):
-    cfg = compose_config(
-        ROOT / "conf", "train", [*TINY, "logger=none", f"trainer.max_steps={max_steps}"], tmp_path
-    )
+    # the first segment is cut short by a smaller max_steps, which would move a decay tied to max_steps: a constant
+    # rate here (the real CLI resumes in test_resume_cli keep max_steps, and the default cosine decay)
+    overrides = [*TINY, "logger=none", f"trainer.max_steps={max_steps}", "optim.decay=constant"]
+    cfg = compose_config(ROOT / "conf", "train", overrides, tmp_path)
     L.seed_everything(cfg.seed)
     module = build_module(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
