@@ -84,14 +84,14 @@ def floor_scores(
 ) -> dict[str, float | None]:
     """FID and KID of the first n training images against the held-out reference: the data's own floor (what a
     perfect sampler of the training distribution scores at this N). Cached by content, like the reference."""
-    metric = make_fid(weights)
-    n_ref = install_reference(metric, datamodule, str(cache_dir), reference_n, weights)
+    n_ref = min(reference_n, len(datamodule.val_set))  # as install_reference takes it
     batches = reference_batches(datamodule.train_set, min(n, len(datamodule.train_set)))
     key = content_key(batches, weights)[:16]
     path = cache_dir / f"{datamodule.source}-floor-n{n}-ref{n_ref}-{key}.json"
-    if path.is_file():
+    if path.is_file():  # no Inception needed
         return json.loads(path.read_text())
-    metric.reset()
+    metric = make_fid(weights)
+    install_reference(metric, datamodule, str(cache_dir), reference_n, weights)
     for batch in batches:
         metric.update(batch, real=False)
     kid, kid_std = metric.kid()
@@ -137,7 +137,6 @@ def main() -> None:
         f"budget {args.budget_min:g} min · N = {args.n}"
     )
 
-    lines = []
     for name in args.data:
         out = args.out / f"{stamp:%Y-%m-%d_%H-%M-%S}" / name
         out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +195,6 @@ def main() -> None:
             f"kid={kid:.5f} kid_std={kid_std if kid_std is None else f'{kid_std:.5f}'} floor_kid={floor['kid']:.5f}"
         )
         print(line, flush=True)
-        lines.append(line)
 
 
 if __name__ == "__main__":
