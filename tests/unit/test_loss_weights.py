@@ -49,11 +49,15 @@ def test_min_snr_weights_are_the_papers_formula(objective, formula):
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
-def test_min_snr_loss_is_min_snr_gamma_times_the_x0_error(objective):
-    """The defining property, from the forward process alone: with x0_hat the x_0 implied by the output,
-    weighted loss = min(SNR_t, gamma) ||x_0 - x0_hat||^2 (eps error = sqrt(SNR) x0 error, v error = sqrt(SNR + 1))."""
+@pytest.mark.parametrize(
+    "loss_weight,x0_weight", [("min_snr", lambda snr: snr.clamp(max=GAMMA)), ("x0_mse", torch.ones_like)]
+)
+def test_weighted_loss_is_the_x0_error_times_its_weight(objective, loss_weight, x0_weight):
+    """The defining property, from the forward process alone: with x0_hat the x_0 implied by the output, the weighted
+    loss is w(SNR_t) ||x_0 - x0_hat||^2, w = min(SNR, gamma) for min_snr and 1 for x0_mse (eps error = sqrt(SNR) x0
+    error, v error = sqrt(SNR + 1) x0 error)."""
     d = GaussianDiffusion(
-        make_beta_schedule("linear", T), objective=objective, loss_weight="min_snr", snr_gamma=GAMMA
+        make_beta_schedule("linear", T), objective=objective, loss_weight=loss_weight, snr_gamma=GAMMA
     )
     g = torch.Generator().manual_seed(1)
     x0, noise = torch.rand(16, 1, 4, 4, generator=g) * 2 - 1, torch.randn(16, 1, 4, 4, generator=g)
@@ -69,14 +73,14 @@ def test_min_snr_loss_is_min_snr_gamma_times_the_x0_error(objective):
         "x0": out,
     }[objective]
     snr = (ab / (1 - ab)).view(-1)
-    expected = snr.clamp(max=GAMMA) * (x0.double() - x0_hat).pow(2).flatten(1).mean(1)
+    expected = x0_weight(snr) * (x0.double() - x0_hat).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(
         d.training_losses(model, x0, t, noise).double(), expected, rtol=2e-3, atol=1e-6
     )
 
 
 def test_bad_loss_weight_is_refused():
-    with pytest.raises(ValueError, match="unknown loss_weight 'snr': choose one of none, min_snr"):
+    with pytest.raises(ValueError, match="unknown loss_weight 'snr': choose one of none, min_snr, x0_mse"):
         GaussianDiffusion(make_beta_schedule("linear", 100), loss_weight="snr")
 
 

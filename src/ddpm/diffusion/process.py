@@ -27,7 +27,8 @@ Progress = Callable[[Iterable[int], str], Iterable[int]]
 
 OBJECTIVES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_large", "fixed_small", "learned_range")
-LOSS_WEIGHTS = ("none", "min_snr")
+LOSS_WEIGHTS = ("none", "min_snr", "x0_mse")
+T_SAMPLINGS = ("uniform", "stratified")
 
 
 def min_snr_weights(snr: Tensor, objective: str, gamma: float) -> Tensor:
@@ -40,6 +41,17 @@ def min_snr_weights(snr: Tensor, objective: str, gamma: float) -> Tensor:
     if objective == "v":
         return clipped / (snr + 1.0)
     return clipped
+
+
+def x0_mse_weights(snr: Tensor, objective: str) -> Tensor:
+    """The weight that turns the objective's MSE into the squared error of the x_0 it implies, ||x_0 - x0_theta||^2:
+    1 / SNR for eps (eps - eps_theta = sqrt(SNR) (x0_theta - x_0)), 1 / (SNR + 1) for v, 1 for x0. With v this trains
+    the v-parameterised network (whose x_0 passes x_t through at low noise) on the x0 objective's weighting."""
+    if objective == "eps":
+        return 1.0 / snr
+    if objective == "v":
+        return 1.0 / (snr + 1.0)
+    return torch.ones_like(snr)
 
 
 def q_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
@@ -65,8 +77,11 @@ class GaussianDiffusion:
             "learned_range" (the network outputs twice the image channels; the second half v interpolates the two in
             log space, see `learned_log_variance`; training adds vlb_weight * L_vlb, see `training_losses`).
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming the posterior mean when sampling.
-        loss_weight: "none" (L_simple: every t weighs 1) or "min_snr" (Hang et al. 2023, see `min_snr_weights`).
+        loss_weight: "none" (L_simple: every t weighs 1), "min_snr" (Hang et al. 2023, see `min_snr_weights`) or
+            "x0_mse" (every objective's loss equals the x_0 error, see `x0_mse_weights`).
         snr_gamma: gamma of min_snr.
+        t_sampling: how a training batch draws its t (see `sample_timesteps`): "uniform" (each t independent) or
+            "stratified" (one t in each 1/B of [0, T): each still uniform, the batch's loss of lower variance).
         vlb_weight: lambda of L_hybrid = L_simple + lambda L_vlb (learned_range only; 0.001 in Nichol & Dhariwal).
     """
 
@@ -79,11 +94,14 @@ class GaussianDiffusion:
         loss_weight: str = "none",
         snr_gamma: float = 5.0,
         vlb_weight: float = 0.001,
+        t_sampling: str = "uniform",
     ) -> None:
         if not vlb_weight >= 0:
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
         if loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"unknown loss_weight {loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
+        if t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"unknown t_sampling {t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
         if not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
         if objective not in OBJECTIVES:
@@ -94,6 +112,7 @@ class GaussianDiffusion:
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
         self.objective = objective
+        self.t_sampling = t_sampling
         self.var_type = var_type
         self.learns_variance = var_type == "learned_range"
         self.vlb_weight = float(vlb_weight)
@@ -113,11 +132,11 @@ class GaussianDiffusion:
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         # the weight of each t in the training loss
         self.loss_weight = loss_weight
-        self.loss_weights = (
-            min_snr_weights(self.snr, objective, snr_gamma)
-            if loss_weight == "min_snr"
-            else torch.ones_like(betas)
-        )
+        self.loss_weights = {
+            "none": lambda: torch.ones_like(betas),
+            "min_snr": lambda: min_snr_weights(self.snr, objective, snr_gamma),
+            "x0_mse": lambda: x0_mse_weights(self.snr, objective),
+        }[loss_weight]()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 
@@ -293,6 +312,21 @@ class GaussianDiffusion:
         return out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
 
     # ------------------------------------------------------------------ training
+    def sample_timesteps(
+        self, n: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """n training timesteps, each marginally uniform on {0, ..., T-1}.
+
+        uniform: i.i.d. t_i ~ U{0..T-1}. stratified (the low-discrepancy sampler of Kingma et al. 2021, VDM):
+        u ~ U[0, 1), t_i = floor(T ((u + i / n) mod 1)), one t in each n-th of [0, T), so a batch covers the noise
+        levels evenly and its mean loss, an unbiased estimate of the same expectation, varies less.
+        """
+        if self.t_sampling == "uniform":
+            return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
+        u = torch.rand((), device=device, generator=generator, dtype=torch.float64)
+        s = (u + torch.arange(n, device=device, dtype=torch.float64) / n) % 1.0
+        return (s * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
+
     def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         """Per-example mean squared error between the network output at x_t and the objective's target, times the
         loss weight of t (1 for loss_weight="none").

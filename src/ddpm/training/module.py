@@ -104,11 +104,12 @@ class DiffusionModule(L.LightningModule):
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = ||target - net(x_t, t)||^2."""
+        """t ~ U{0..T-1} (diffusion.t_sampling), eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = ||target -
+        net(x_t, t)||^2."""
         x0 = self._images(batch)
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         g = self.noise_generator(x0.device, batch_idx % accumulate)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, g)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
         dropped = None
         if self.num_classes is not None and isinstance(batch, (list, tuple)):

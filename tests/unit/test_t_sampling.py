@@ -1,0 +1,52 @@
+"""Training timesteps: uniform draws i.i.d. t ~ U{0..T-1}; stratified (Kingma et al. 2021) puts exactly one t in each
+1/B of [0, T) while every t_i stays marginally uniform, so the batch loss is unbiased with less variance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
+
+T = 10
+
+
+@pytest.mark.parametrize("t_sampling", ["uniform", "stratified"])
+def test_each_timestep_is_marginally_uniform(t_sampling):
+    d = GaussianDiffusion(make_beta_schedule("cosine", T), t_sampling=t_sampling)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([d.sample_timesteps(4, torch.device("cpu"), g) for _ in range(20000)])  # [20000, 4]
+    assert draws.min() >= 0 and draws.max() <= T - 1
+    for position in range(4):  # every slot of the batch, not only their pooled counts
+        freq = torch.bincount(draws[:, position], minlength=T).double() / draws.shape[0]
+        # binomial standard error of a frequency of 0.1 over 20000 draws: 0.0021; 5 sigma
+        assert (freq - 1 / T).abs().max() < 0.0106, (position, freq)
+
+
+def test_stratified_batch_has_one_timestep_per_stratum():
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000), t_sampling="stratified")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        t = d.sample_timesteps(8, torch.device("cpu"), g)
+        assert sorted((t // 125).tolist()) == list(range(8))  # one in each of [0,125), [125,250), ...
+
+
+def test_stratified_batch_loss_has_lower_variance():
+    """The mean over a batch of a function of t: the same expectation, a smaller spread across batches."""
+    f = torch.linspace(0, 1, 1000) ** 2  # a loss that depends strongly on t
+    means = {}
+    for name in ("uniform", "stratified"):
+        d = GaussianDiffusion(make_beta_schedule("linear", 1000), t_sampling=name)
+        g = torch.Generator().manual_seed(2)
+        means[name] = torch.stack(
+            [f[d.sample_timesteps(16, torch.device("cpu"), g)].mean() for _ in range(4000)]
+        )
+    assert (
+        abs(means["uniform"].mean() - f.mean()) < 0.01 and abs(means["stratified"].mean() - f.mean()) < 0.01
+    )
+    assert means["stratified"].std() < 0.25 * means["uniform"].std()
+
+
+def test_bad_t_sampling_is_refused():
+    with pytest.raises(ValueError, match="unknown t_sampling 'sobol': choose one of uniform, stratified"):
+        GaussianDiffusion(make_beta_schedule("linear", 100), t_sampling="sobol")
