@@ -50,3 +50,13 @@ def test_stratified_batch_loss_has_lower_variance():
 def test_bad_t_sampling_is_refused():
     with pytest.raises(ValueError, match="unknown t_sampling 'sobol': choose one of uniform, stratified"):
         GaussianDiffusion(make_beta_schedule("linear", 100), t_sampling="sobol")
+
+
+def test_the_config_switches_it_on():
+    from ddpm.build import build_diffusion
+    from ddpm.config import compose_config
+
+    assert build_diffusion(compose_config()).t_sampling == "uniform"  # the default
+    d = build_diffusion(compose_config(overrides=["diffusion.t_sampling=stratified"]))
+    t = d.sample_timesteps(16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert sorted((t * 16 // d.num_timesteps).tolist()) == list(range(16))
