@@ -33,7 +33,7 @@ import torch
 from ddpm.config import compose_config
 from ddpm.metrics import content_key, install_reference, make_fid, resolve_weights
 from ddpm.metrics.kid import format_kid
-from ddpm.metrics.reference import reference_batches
+from ddpm.metrics.reference import reference_batches, reference_size
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ROOT = Path(os.environ.get("DDPM_ROOT", ROOT))  # where logs/ and .cache/ go, as for train.py
@@ -84,7 +84,7 @@ def floor_scores(
 ) -> dict[str, float | None]:
     """FID and KID of the first n training images against the held-out reference: the data's own floor (what a
     perfect sampler of the training distribution scores at this N). Cached by content, like the reference."""
-    n_ref = min(reference_n, len(datamodule.val_set))  # as install_reference takes it
+    n_ref = reference_size(datamodule.val_set, reference_n)
     batches = reference_batches(datamodule.train_set, min(n, len(datamodule.train_set)))
     key = content_key(batches, weights)[:16]
     path = cache_dir / f"{datamodule.source}-floor-n{n}-ref{n_ref}-{key}.json"

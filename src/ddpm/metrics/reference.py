@@ -43,6 +43,11 @@ def reference_cache_path(cache_dir: str | Path, source: str, n: int, key: str) -
     return Path(cache_dir) / f"{source}-held_out-n{n}-{key[:16]}.pt"
 
 
+def reference_size(held_out, reference_n: int | None) -> int:
+    """How many held-out images the reference statistics use: the first reference_n (None: all of them)."""
+    return min(reference_n or len(held_out), len(held_out))
+
+
 def install_reference(
     metric,
     datamodule,
@@ -56,7 +61,7 @@ def install_reference(
     """Put the held-out split's reference statistics into `metric` (cached on disk; rank 0 only under DDP, the other
     ranks hold zeros that the cross-rank sum adds in). Returns the number of reference images."""
     held_out = datamodule.val_set
-    n_ref = min(reference_n or len(held_out), len(held_out))
+    n_ref = reference_size(held_out, reference_n)
     batches = reference_batches(held_out, n_ref)
     path = reference_cache_path(
         cache_dir, datamodule.source, n_ref, content_key(batches, resolve_weights(weights_path))
