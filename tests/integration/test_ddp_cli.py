@@ -26,9 +26,8 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 4 and ckpt["ImageDataModule"]["batch_size"] == 8  # 16 split over 2 ranks
     (wb,) = find_offline_runs(run / "wandb")  # rank zero alone logs
-    *fid, final = wb.values(
-        "val/fid_8_dpm_solver_pp3"
-    )  # after the validations at steps 2 and 4, then at the end
+    # after the validations at steps 2 and 4, then at the end of training
+    *fid, final = wb.values("val/fid_8_dpm_solver_pp3")
     assert len(fid) == 2 and all(math.isfinite(v) and v > 0 for v in fid)
     assert final == fid[1]  # the end-of-training score: the step-4 weights again, from the same seeds
     # the checkpoint of the lowest FID, written once, with the best value kept for resuming
