@@ -27,7 +27,8 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
 
 def build_network(cfg: DictConfig) -> torch.nn.Module:
     """The network of cfg.model: `hydra.utils.instantiate(cfg.model)`, with twice the image channels out when the
-    diffusion learns its reverse variance (diffusion.var_type=learned_range: the prediction, then the variance values).
+    diffusion learns its reverse variance (diffusion.var_type=learned_range: the prediction, then the variance values)
+    and an x_0 estimate as input when it is self-conditioned (diffusion.self_condition).
 
     Run configs written before `compile` became a top-level setting carry it as model.compile; it is dropped here so
     their checkpoints still load."""
@@ -37,6 +38,8 @@ def build_network(cfg: DictConfig) -> torch.nn.Module:
         raise ConfigError(
             "model.num_classes=auto is resolved from the data by train.py: give the number of classes here"
         )
+    if cfg.diffusion.get("self_condition"):
+        model_cfg["self_condition"] = True
     if cfg.diffusion.get("var_type") == "learned_range":
         in_channels = model_cfg.get("in_channels", 3)
         model_cfg["out_channels"] = 2 * (model_cfg.get("out_channels") or in_channels)

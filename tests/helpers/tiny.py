@@ -12,8 +12,9 @@ from ddpm.models import UNet
 from ddpm.training import DiffusionModule
 
 
-def tiny_unet(num_classes: int | None = None) -> UNet:
-    """An 8x8 one-channel UNet of ~20k parameters (class-conditional with num_classes)."""
+def tiny_unet(num_classes: int | None = None, self_condition: bool = False) -> UNet:
+    """An 8x8 one-channel UNet of ~20k parameters (class-conditional with num_classes, taking an x_0 estimate with
+    self_condition)."""
     return UNet(
         image_size=8,
         in_channels=1,
@@ -24,6 +25,7 @@ def tiny_unet(num_classes: int | None = None) -> UNet:
         num_groups=4,
         dropout=0.0,
         num_classes=num_classes,
+        self_condition=self_condition,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -148,8 +150,6 @@ def test_a_learned_variance_run_trains_samples_and_evaluates_its_bound(learned_v
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
     nll = json.loads((tmp_path / "eval" / "metrics.json").read_text())["nll"]
     assert 0 < nll["total_bpd"] < 50
 
@@ -165,3 +165,30 @@ def test_a_learned_variance_checkpoint_refuses_a_fixed_variance_sampler(
 def test_a_fixed_variance_checkpoint_refuses_a_learned_variance_sampler(checkpoint, tmp_path):
     err = _bad(tmp_path, checkpoint, "sampler=ddpm", "sampler.var_type=learned_range")
     assert "its network predicts no variance" in err
+
+
+def test_a_self_conditioned_run_trains_samples_and_evaluates_its_bound(tmp_path):
+    ckpt_path = train_tiny(tmp_path, "diffusion=eps", "diffusion.self_condition=true")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"]["net.conv_in.weight"].shape[1] == 2  # the image and its x_0 estimate
+    proc = run_script(
+        "sample.py",
+        f"ckpt_path={ckpt_path}",
+        "sampler.steps=5",
+        "n=2",
+        f"hydra.run.dir={tmp_path / 'sample'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.load(tmp_path / "sample" / "samples.npz")["images"].shape == (2, 28, 28, 1)
+    proc = run_script(
+        "evaluate.py",
+        f"ckpt_path={ckpt_path}",
+        "metrics=[nll]",
+        "nll.n=4",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nll = json.loads((tmp_path / "eval" / "metrics.json").read_text())["nll"]
+    assert 0 < nll["prior_bpd"] < nll["total_bpd"] < 50

@@ -83,6 +83,10 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
         (["data.batch_size=abc"], "error: data.batch_size must be an integer, got 'abc'"),
         (["optim.lr=fast"], "error: optim.lr must be a number, got 'fast'"),
         (
+            ["diffusion.self_condition=maybe"],
+            "error: diffusion.self_condition must be true or false, got 'maybe': set it like diffusion.self_condition=true",
+        ),
+        (
             ["trainer.devices=0"],
             "error: invalid trainer config: `Trainer(devices=0)` value is not a valid input",
         ),

@@ -21,6 +21,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.errors import exit_on_config_error
 from ddpm.config import CONFIG_DIR
 from ddpm.diffusion import SAMPLERS, Sampler
+from ddpm.diffusion.self_conditioning import refined
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
 from ddpm.images import to_uint8
@@ -169,7 +170,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             model = net
             if conditional:  # the bound of p(x_0 | c) with each image's own class
                 labels = batch[1].to(device)
-                model = lambda x, t, y=labels: net(x, t, y)  # noqa: E731
+                model = lambda x, t, y=labels, **kw: net(x, t, y, **kw)  # noqa: E731
+            # a self-conditioned network: no chain carries an estimate here, so two calls per t (see `refined`)
+            if module.diffusion.self_condition:
+                model = refined(model, module.diffusion.data_prediction)
             log.info(
                 "NLL: batch %d / %d (%d network calls)", i + 1, len(loader), module.diffusion.num_timesteps
             )

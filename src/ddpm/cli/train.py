@@ -47,9 +47,9 @@ logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").a
 )
 
 
-# the numeric values a user sets most, with their type: a wrong type stops the run with the key's name
-INTEGER, NUMBER = "an integer", "a number"
-NUMERIC_KEYS = {
+# the numeric and switch values a user sets most, with their type: a wrong type stops the run with the key's name
+INTEGER, NUMBER, BOOLEAN = "an integer", "a number", "true or false"
+TYPED_KEYS = {
     "seed": INTEGER,
     "data.batch_size": INTEGER,
     "data.eval_batch_size": INTEGER,
@@ -77,14 +77,20 @@ NUMERIC_KEYS = {
     "trainer.accumulate_grad_batches": INTEGER,
     "trainer.log_every_n_steps": INTEGER,
     "trainer.gradient_clip_val": NUMBER,
+    "diffusion.clip_denoised": BOOLEAN,
+    "diffusion.self_condition": BOOLEAN,
 }
 
 
 def check_types(cfg: DictConfig) -> None:
-    """Each value of NUMERIC_KEYS that is set must be of its type (null is allowed: it means 'not set')."""
-    for key, kind in NUMERIC_KEYS.items():
+    """Each value of TYPED_KEYS that is set must be of its type (null is allowed: it means 'not set')."""
+    for key, kind in TYPED_KEYS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
+            continue
+        if kind == BOOLEAN:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be {kind}, got {value!r}: set it like {key}=true")
             continue
         ok = isinstance(value, int) if kind == INTEGER else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):

@@ -44,15 +44,19 @@ class ClassConditioned:
         self.calls = 0
         self.evaluations = 0
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        """Further per-image inputs of the network (a self-conditioned one's x_cond) are passed on, doubled too."""
         y = self.labels.to(x.device)
         self.calls += 1
         if self.guidance == 0:
             self.evaluations += x.shape[0]
-            return self.net(x, t, y)
+            return self.net(x, t, y, **inputs)
         self.evaluations += 2 * x.shape[0]
         out = self.net(
-            torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null_class)])
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([y, torch.full_like(y, self.null_class)]),
+            **{name: torch.cat([v, v]) for name, v in inputs.items()},
         )
         cond, uncond = out.chunk(2)
         return guided(cond, uncond, self.guidance, x.shape[1])

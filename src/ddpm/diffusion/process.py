@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddpm.diffusion.likelihood import NATS_PER_BIT, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from ddpm.diffusion.self_conditioning import self_condition_input
 
 Model = Callable[[Tensor, Tensor], Tensor]
 # progress(iterable, description) -> the same items, reporting progress as they are consumed (passed in by callers)
@@ -83,6 +84,8 @@ class GaussianDiffusion:
         t_sampling: how a training batch draws its t (see `sample_timesteps`): "uniform" (each t independent) or
             "stratified" (one t in each 1/B of [0, T): each still uniform, the batch's loss of lower variance).
         vlb_weight: lambda of L_hybrid = L_simple + lambda L_vlb (learned_range only; 0.001 in Nichol & Dhariwal).
+        self_condition: the network also takes an estimate of x_0, net(x_t, t, x_cond=x0_hat) (Chen et al. 2022; see
+            `ddpm.diffusion.self_conditioning`): training feeds it its own prediction for half of the batches.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class GaussianDiffusion:
         snr_gamma: float = 5.0,
         vlb_weight: float = 0.001,
         t_sampling: str = "uniform",
+        self_condition: bool = False,
     ) -> None:
         if not vlb_weight >= 0:
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
@@ -113,6 +117,7 @@ class GaussianDiffusion:
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
         self.objective = objective
         self.t_sampling = t_sampling
+        self.self_condition = bool(self_condition)
         self.var_type = var_type
         self.learns_variance = var_type == "learned_range"
         self.vlb_weight = float(vlb_weight)
@@ -280,6 +285,10 @@ class GaussianDiffusion:
             eps = self.predict_eps_from_x0(x_t, t, x0)
         return x0, eps
 
+    def data_prediction(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
+        """The x_0 implied by a network output (clipped as the diffusion clips): `predict_x0_and_eps`'s first half."""
+        return self.predict_x0_and_eps(x_t, t, model_output)[0]
+
     # ------------------------------------------------------------------ reverse process
     def p_mean_variance(
         self, model: Model, x_t: Tensor, t: Tensor, clip_denoised: bool | None = None
@@ -327,7 +336,14 @@ class GaussianDiffusion:
         s = (u + torch.arange(n, device=device, dtype=torch.float64) / n) % 1.0
         return (s * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
 
-    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+    def training_losses(
+        self,
+        model: Model,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Per-example mean squared error between the network output at x_t and the objective's target, times the
         loss weight of t (1 for loss_weight="none").
 
@@ -335,11 +351,19 @@ class GaussianDiffusion:
         sqrt(1-alphabar_t) eps, t) ||^2. With learned_range it is L_hybrid (Nichol & Dhariwal 2021, sec. 3.1): plus
         vlb_weight * T * L_{t-1} in bits/dim, the single-t estimate of vlb_weight * L_vlb, computed with the predicted
         mean held fixed (detached) so that the bound trains only the variance.
+
+        A self-conditioned network (self_condition) is called as model(x_t, t, x_cond=x0_hat), x0_hat from
+        `self_condition_input`: its own detached prediction for half of the batches (the coin drawn from
+        `generator`), zeros for the others.
         """
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        model_output = model(x_t, t)
+        if self.self_condition:
+            x0_hat = self_condition_input(model, self.data_prediction, x_t, t, generator)
+            model_output = model(x_t, t, x_cond=x0_hat)
+        else:
+            model_output = model(x_t, t)
         prediction, v = self.split_output(model_output)
         target = self.training_target(x0, t, noise)
         mse = F.mse_loss(prediction.float(), target, reduction="none").flatten(1).mean(1)

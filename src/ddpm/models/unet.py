@@ -36,6 +36,8 @@ class UNet(nn.Module):
         num_classes: class-conditional (Ho & Salimans 2021): a learned embedding of the class y in 0..num_classes-1,
             or of the null class num_classes (the unconditional model, y=None), is added to the time embedding.
             None: unconditional, no embedding.
+        self_condition: the network also takes an estimate x_cond of x_0 (Chen et al. 2022), concatenated to x_t as
+            in_channels more input channels (zeros when the caller has none).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class UNet(nn.Module):
         num_groups: int = 32,
         channels_last: bool = False,
         num_classes: int | None = None,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is not None and (
@@ -68,6 +71,7 @@ class UNet(nn.Module):
         self.out_channels = out_channels or in_channels
         self.base_channels = base_channels
         self.channels_last = channels_last
+        self.self_condition = bool(self_condition)
         temb_dim = 4 * base_channels
 
         self.temb = nn.Sequential(
@@ -78,7 +82,7 @@ class UNet(nn.Module):
             # row num_classes is the null class; it starts at zero, so an untrained null class adds nothing
             self.class_emb = nn.Embedding(num_classes + 1, temb_dim)
             nn.init.zeros_(self.class_emb.weight[num_classes])
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * (2 if self_condition else 1), base_channels, 3, padding=1)
 
         # Down path: remember the channels of every activation that is skipped across to the up path.
         self.down = nn.ModuleList()
@@ -124,9 +128,14 @@ class UNet(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, x_cond: Tensor | None = None) -> Tensor:
         """x: [B, C, H, W] noisy images x_t; t: int64 [B] 0-based timesteps; y: int64 [B] classes (num_classes: the
-        null class; None: all null) of a class-conditional UNet. Returns [B, out_channels, H, W]."""
+        null class; None: all null) of a class-conditional UNet; x_cond: [B, C, H, W] the estimate of x_0 of a
+        self-conditioned UNet (None: zeros). Returns [B, out_channels, H, W]."""
+        if self.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if x_cond is None else x_cond.to(x.dtype)], dim=1)
+        elif x_cond is not None:
+            raise ValueError("this UNet is not self-conditioned (self_condition=False): it takes no x_cond")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.temb(timestep_embedding(t, self.base_channels))

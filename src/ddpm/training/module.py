@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
 from ddpm.diffusion.guidance import ClassConditioned, drop_labels
+from ddpm.diffusion.self_conditioning import SelfConditioned
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
 
@@ -83,7 +84,8 @@ class DiffusionModule(L.LightningModule):
         return batch[0] if isinstance(batch, (list, tuple)) else batch
 
     def _network_of(self, net: nn.Module, batch: Any, labels_dropped: Tensor | None = None) -> Any:
-        """The network as the diffusion calls it, net(x, t): with the batch's labels for a conditional network."""
+        """The network as the diffusion calls it, net(x, t) (net(x, t, x_cond=...) when self-conditioned): with the
+        batch's labels for a conditional network."""
         if self.num_classes is None:
             return net
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
@@ -92,7 +94,7 @@ class DiffusionModule(L.LightningModule):
                 "(data.labels=true)"
             )
         y = batch[1] if labels_dropped is None else labels_dropped
-        return lambda x, t: net(x, t, y)
+        return lambda x, t, **kw: net(x, t, y, **kw)
 
     def noise_generator(self, device: torch.device, micro_batch: int = 0) -> torch.Generator:
         """The generator for this step's t and eps (one per device, reseeded every step: cheap, no sync)."""
@@ -115,7 +117,7 @@ class DiffusionModule(L.LightningModule):
         if self.num_classes is not None and isinstance(batch, (list, tuple)):
             dropped = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
         net = self._network_of(self.train_net, batch, dropped)
-        loss = self.diffusion.training_losses(net, x0, t, noise).mean()
+        loss = self.diffusion.training_losses(net, x0, t, noise, generator=g).mean()
         self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
@@ -151,7 +153,8 @@ class DiffusionModule(L.LightningModule):
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
-        loss = self.diffusion.training_losses(self._network_of(self.ema.module, batch), x0, t, noise).mean()
+        net = self._network_of(self.ema.module, batch)
+        loss = self.diffusion.training_losses(net, x0, t, noise, generator=g).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
@@ -195,6 +198,9 @@ class DiffusionModule(L.LightningModule):
                 )
             w = self.hparams.guidance if guidance is None else guidance
             model = ClassConditioned(net, labels, self.num_classes, w)
+        # a self-conditioned network: each call of the chain sees the previous call's x_0 (one wrapper per chain)
+        if self.diffusion.self_condition:
+            model = SelfConditioned(model, self.diffusion.data_prediction)
         was_training = net.training
         net.eval()
         shape = (n, net.in_channels, net.image_size, net.image_size)
