@@ -27,7 +27,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     assert ckpt["global_step"] == 4 and ckpt["ImageDataModule"]["batch_size"] == 8  # 16 split over 2 ranks
     (wb,) = find_offline_runs(run / "wandb")  # rank zero alone logs
     # after the validations at steps 2 and 4, then at the end of training
-    *fid, final = wb.values("val/fid_8_dpm_solver_pp3")
+    *fid, final = wb.values("val/fid_8_sde_dpm_solver_pp3")
     assert len(fid) == 2 and all(math.isfinite(v) and v > 0 for v in fid)
     assert final == fid[1]  # the end-of-training score: the step-4 weights again, from the same seeds
     # the checkpoint of the lowest FID, written once, with the best value kept for resuming
@@ -41,7 +41,7 @@ def test_two_process_ddp_run_with_validation_fid(run_train, tmp_path, fid_weight
     single_fid, single_kid = single_process_scores(run / "checkpoints" / "last.ckpt", fid_weights, tmp_path)
     assert fid[1] == pytest.approx(single_fid, rel=1e-3)
     # KID from the features gathered from both ranks, in rank order: the same subsets as in one process
-    assert wb.values("val/kid_8_dpm_solver_pp3")[1] == pytest.approx(single_kid, rel=1e-3, abs=1e-6)
+    assert wb.values("val/kid_8_sde_dpm_solver_pp3")[1] == pytest.approx(single_kid, rel=1e-3, abs=1e-6)
 
 
 def single_process_scores(ckpt, weights, tmp_path) -> tuple[float, float]:

@@ -21,7 +21,7 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
     # validations at steps 2 and 4, and the end of training
-    assert len(run.values("val/fid_8_dpm_solver_pp3")) == 3 and run.values("val/samples/_type")
+    assert len(run.values("val/fid_8_sde_dpm_solver_pp3")) == 3 and run.values("val/samples/_type")
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = run_script(
@@ -38,15 +38,15 @@ def test_train_with_fid_then_evaluate(tmp_path, fid_weights, monkeypatch):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert results["fid"]["key"] == "fid_8_dpm_solver_pp2" and results["fid"]["n"] == 8
+    assert results["fid"]["key"] == "fid_8_sde_dpm_solver_pp2" and results["fid"]["n"] == 8
     assert math.isfinite(results["fid"]["value"]) and results["fid"]["value"] > 0
-    assert results["fid"]["kid_key"] == "kid_8_dpm_solver_pp2" and math.isfinite(results["fid"]["kid"])
+    assert results["fid"]["kid_key"] == "kid_8_sde_dpm_solver_pp2" and math.isfinite(results["fid"]["kid"])
     # 8 samples against 16 references: subsets of 8 differ on the reference side, so there is a spread
-    assert results["fid"]["kid_std"] >= 0 and "kid_8_dpm_solver_pp2" in proc.stdout
+    assert results["fid"]["kid_std"] >= 0 and "kid_8_sde_dpm_solver_pp2" in proc.stdout
     assert results["fid"]["reference"] == "mnist5k held-out split, 16 images"
     nll = results["nll"]
     assert nll["n"] == 6 and 0 < nll["prior_bpd"] < nll["total_bpd"] and nll["decoder_bpd"] > 0
-    assert "NLL bits/dim" in proc.stdout and "fid_8_dpm_solver_pp2" in proc.stdout
+    assert "NLL bits/dim" in proc.stdout and "fid_8_sde_dpm_solver_pp2" in proc.stdout
 
 
 def test_evaluate_bad_checkpoint_is_one_sentence(tmp_path):

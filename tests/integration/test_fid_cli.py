@@ -17,11 +17,11 @@ def test_validation_fid_is_logged_to_wandb(run_train, tmp_path, fid_weights, mon
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
     # after the validation at step 2, and again when training ends (the same weights and seeds: the same values)
-    values = run.values("val/fid_8_dpm_solver_pp3")
+    values = run.values("val/fid_8_sde_dpm_solver_pp3")
     assert len(values) == 2 and math.isfinite(values[0]) and values[0] > 0 and values[1] == values[0]
     kid, kid_std = (
-        run.values("val/kid_8_dpm_solver_pp3"),
-        run.values("val/kid_std_8_dpm_solver_pp3"),
+        run.values("val/kid_8_sde_dpm_solver_pp3"),
+        run.values("val/kid_std_8_sde_dpm_solver_pp3"),
     )  # KID beside, same pass
     assert len(kid) == 2 and math.isfinite(kid[0]) and len(kid_std) == 2 and kid_std[0] >= 0
     assert run.values("val/samples/_type")  # the grid is logged alongside
@@ -47,12 +47,14 @@ def test_the_default_run_reports_fid_and_kid_when_training_ends(
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = find_offline_runs(tmp_path / "run" / "wandb")
     assert run.values("val/loss") and len(run.values("val/loss")) == 1  # one validation, at step 2
-    fid, kid = run.values("val/fid_8_dpm_solver_pp3"), run.values("val/kid_8_dpm_solver_pp3")
+    fid, kid = run.values("val/fid_8_sde_dpm_solver_pp3"), run.values("val/kid_8_sde_dpm_solver_pp3")
     assert len(fid) == len(kid) == 1 and fid[0] > 0 and math.isfinite(kid[0])
-    assert run.summary["val/fid_8_dpm_solver_pp3"] == fid[0]
+    assert run.summary["val/fid_8_sde_dpm_solver_pp3"] == fid[0]
     assert run.summary["trainer/global_step"] == 3  # logged at the last step, after the last validation
     summary = proc.stdout + proc.stderr
-    assert f"val/fid_8_dpm_solver_pp3 {fid[0]:.4g}" in summary and "val/kid_8_dpm_solver_pp3" in summary
+    assert (
+        f"val/fid_8_sde_dpm_solver_pp3 {fid[0]:.4g}" in summary and "val/kid_8_sde_dpm_solver_pp3" in summary
+    )
 
 
 def test_without_local_weights_the_default_run_skips_the_final_fid_and_says_so(

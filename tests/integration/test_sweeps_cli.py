@@ -91,9 +91,9 @@ def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypat
     for trial in ("0", "1"):
         with open(next((sweep / trial).rglob("metrics.csv"))) as f:
             fids = [
-                float(r["val/fid_8_dpm_solver_pp3"])
+                float(r["val/fid_8_sde_dpm_solver_pp3"])
                 for r in csv.DictReader(f)
-                if r.get("val/fid_8_dpm_solver_pp3")
+                if r.get("val/fid_8_sde_dpm_solver_pp3")
             ]
         # after the validation at step 2 and when training ends, at the same step: the same weights, the same value
         assert len(fids) == 2 and math.isfinite(fids[0]) and fids[0] > 0 and fids[1] == fids[0]

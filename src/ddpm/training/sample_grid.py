@@ -14,11 +14,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from ddpm.diffusion import Sampler, make_sampler
 from ddpm.images import save_grid
 
-DEFAULT_SAMPLER = {"name": "dpm_solver_pp", "steps": 10}
+DEFAULT_SAMPLER = {"name": "sde_dpm_solver_pp", "steps": 20}
 
 
 def sampler_of(diffusion, spec: Mapping[str, Any] | None) -> Sampler:
-    """The sampler of a sampler node (the shape of conf/sampler/*.yaml), DPM-Solver++ with 10 steps when none is given."""
+    """The sampler of a sampler node (the shape of conf/sampler/*.yaml), SDE-DPM-Solver++ with 20 steps when none is given."""
     return make_sampler(diffusion, **dict(spec or DEFAULT_SAMPLER))
 
 
