@@ -183,7 +183,8 @@ def main() -> None:
         )
         print("| | FID | KID × 10³ |\n|---|---|---|")
         print(
-            f"| this project's default, {args.budget_min:g} min | {fid:.2f} | {format_kid(kid, kid_std, 1e3, 2, '')} |"
+            f"| this project's default, {args.budget_min:g} min, {scores['sampler']} | {fid:.2f} | "
+            f"{format_kid(kid, kid_std, 1e3, 2, '')} |"
         )
         print(
             f"| the floor: {args.n} training images | {floor['fid']:.2f} | "
