@@ -3,10 +3,13 @@ small enough for a few seconds on 2 CPU cores."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from tests.helpers.paths import ROOT
 
@@ -65,3 +68,19 @@ def train_tiny(root: Path, *overrides: str) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "run" / "checkpoints" / "last.ckpt"
+
+
+def sample_images(ckpt: Path, out: Path, *overrides: str, cwd: Path):
+    """`python sample.py ckpt_path=<ckpt> <overrides>` into `out`; returns its samples.npz images (uint8 [N, H, W, C])."""
+    proc = run_script("sample.py", f"ckpt_path={ckpt}", *overrides, f"hydra.run.dir={out}", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out / "samples.npz")["images"]
+
+
+def evaluate_nll(ckpt: Path, out: Path, *, cwd: Path, n: int = 4) -> dict:
+    """`python evaluate.py ckpt_path=<ckpt> metrics=[nll] nll.n=<n>` into `out`; returns metrics.json's nll."""
+    proc = run_script(
+        "evaluate.py", f"ckpt_path={ckpt}", "metrics=[nll]", f"nll.n={n}", f"hydra.run.dir={out}", cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())["nll"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.cli import TINY, run_script, train_tiny
+from tests.helpers.cli import TINY, evaluate_nll, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
 
@@ -177,16 +177,7 @@ def test_the_guidance_sweep_reports_fid_kid_and_class_accuracy(
 
 def test_the_bound_of_a_conditional_checkpoint_uses_each_image_class(conditional, tmp_path):
     ckpt = conditional / "checkpoints" / "last.ckpt"
-    proc = run_script(
-        "evaluate.py",
-        f"ckpt_path={ckpt}",
-        "metrics=[nll]",
-        "nll.n=4",
-        f"hydra.run.dir={tmp_path / 'nll'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    nll = json.loads((tmp_path / "nll" / "metrics.json").read_text())["nll"]
+    nll = evaluate_nll(ckpt, tmp_path / "nll", cwd=tmp_path)
     assert nll["n"] == 4 and 0 < nll["total_bpd"] < 50
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.cli import run_script, train_tiny
+from tests.helpers.cli import evaluate_nll, run_script, sample_images, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -130,27 +128,16 @@ def test_a_learned_variance_run_trains_samples_and_evaluates_its_bound(learned_v
     ckpt = torch.load(learned_variance_checkpoint, map_location="cpu", weights_only=False)
     assert ckpt["state_dict"]["net.conv_out.weight"].shape[0] == 2  # one image channel, one variance channel
     for sampler in ("sampler=ddpm", "sampler=dpm_solver_pp"):
-        proc = run_script(
-            "sample.py",
-            f"ckpt_path={learned_variance_checkpoint}",
+        images = sample_images(
+            learned_variance_checkpoint,
+            tmp_path / sampler[8:],
             sampler,
             "sampler.steps=5",
             "n=2",
-            f"hydra.run.dir={tmp_path / sampler[8:]}",
             cwd=tmp_path,
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert np.load(tmp_path / sampler[8:] / "samples.npz")["images"].shape == (2, 28, 28, 1)
-    proc = run_script(
-        "evaluate.py",
-        f"ckpt_path={learned_variance_checkpoint}",
-        "metrics=[nll]",
-        "nll.n=4",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    nll = json.loads((tmp_path / "eval" / "metrics.json").read_text())["nll"]
+        assert images.shape == (2, 28, 28, 1)
+    nll = evaluate_nll(learned_variance_checkpoint, tmp_path / "eval", cwd=tmp_path)
     assert 0 < nll["total_bpd"] < 50
 
 
@@ -171,24 +158,7 @@ def test_a_self_conditioned_run_trains_samples_and_evaluates_its_bound(tmp_path)
     ckpt_path = train_tiny(tmp_path, "diffusion=eps", "diffusion.self_condition=true")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     assert ckpt["state_dict"]["net.conv_in.weight"].shape[1] == 2  # the image and its x_0 estimate
-    proc = run_script(
-        "sample.py",
-        f"ckpt_path={ckpt_path}",
-        "sampler.steps=5",
-        "n=2",
-        f"hydra.run.dir={tmp_path / 'sample'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.load(tmp_path / "sample" / "samples.npz")["images"].shape == (2, 28, 28, 1)
-    proc = run_script(
-        "evaluate.py",
-        f"ckpt_path={ckpt_path}",
-        "metrics=[nll]",
-        "nll.n=4",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    nll = json.loads((tmp_path / "eval" / "metrics.json").read_text())["nll"]
+    images = sample_images(ckpt_path, tmp_path / "sample", "sampler.steps=5", "n=2", cwd=tmp_path)
+    assert images.shape == (2, 28, 28, 1)
+    nll = evaluate_nll(ckpt_path, tmp_path / "eval", cwd=tmp_path)
     assert 0 < nll["prior_bpd"] < nll["total_bpd"] < 50
