@@ -35,7 +35,8 @@ def self_condition_input(
     p: float = 0.5,
 ) -> Tensor:
     """x0_hat for a training batch (Algorithm 1): with probability p, x0_of(x_t, t, net(x_t, t, x_cond=0)) held
-    fixed (no gradient flows through it); otherwise zeros. One coin per batch, drawn from `generator`."""
+    fixed (no gradient flows through it); otherwise zeros. One coin per batch, drawn from `generator` (on a GPU,
+    reading it waits for the device once per step: the price of skipping the extra pass on half the batches)."""
     empty = torch.zeros_like(x_t)
     coin = torch.rand((), generator=generator, device=x_t.device)
     if float(coin) >= p:
