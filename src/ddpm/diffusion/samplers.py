@@ -272,6 +272,20 @@ class ODESolver(Sampler):
     def data_prediction(self, model: Model, x: Tensor, t: Tensor) -> Tensor:
         return self.diffusion.predict_x0_and_eps(x, t, model(x, t))[0]
 
+    def multistep_data(self, model: Model, x: Tensor, i: int, t: Tensor) -> Tensor:
+        """D, the data prediction the 2M step from index i uses: with h = lambda_{i-1} - lambda_i, r = h_prev / h and
+        the data predictions m0 here and m1 at the step before, D = (1 + 1 / (2r)) m0 - m1 / (2r); D = m0 at order 1,
+        on the first step (no m1) and on the last two (into tau_1, and to sigma = 0). Records m0 for the next step."""
+        m0 = self.data_prediction(model, x, t)
+        previous = self._history[-1] if self._history else None
+        self._history = [(i, m0)]
+        if self.order == 1 or previous is None or i <= 1:
+            return m0
+        j, m1 = previous
+        h = float(self.lam[i - 1] - self.lam[i])
+        r = float(self.lam[i] - self.lam[j]) / h
+        return (1 + 1 / (2 * r)) * m0 - m1 / (2 * r)
+
     def first_order(self, x: Tensor, s: int, t: int, m0: Tensor) -> Tensor:
         """DDIM in lambda: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) m0, h = lambda_t - lambda_s; the
         final step (t = -1: alphabar = 1) returns m0."""
@@ -292,16 +306,7 @@ class DPMSolverPPSampler(ODESolver):
     name = "dpm_solver_pp"
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
-        m0 = self.data_prediction(model, x, t)
-        previous = self._history[-1] if self._history else None
-        self._history = [(i, m0)]
-        if self.order == 1 or previous is None or i <= 1:  # first order: the first step and the last two
-            return self.first_order(x, i, i - 1, m0)
-        j, m1 = previous
-        h = float(self.lam[i - 1] - self.lam[i])
-        r = float(self.lam[i] - self.lam[j]) / h
-        d = (1 + 1 / (2 * r)) * m0 - m1 / (2 * r)
-        return self.first_order(x, i, i - 1, d)
+        return self.first_order(x, i, i - 1, self.multistep_data(model, x, i, t))
 
 
 class SDEDPMSolverPPSampler(ODESolver):
@@ -311,7 +316,7 @@ class SDEDPMSolverPPSampler(ODESolver):
 
     With h = lambda_t - lambda_s, r = h_prev / h, data predictions m0 at s and m1 at the step before, z ~ N(0, I):
     x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D + sigma_t sqrt(1 - e^{-2h}) z,
-    D = m0 + (m0 - m1) / (2r)  (order 2; D = m0 at order 1, the first step and the step into tau_1).
+    D as in DPM-Solver++(2M) (`multistep_data`: (1 + 1 / (2r)) m0 - m1 / (2r), or m0 where that is first order).
     Order 1 is exactly ancestral DDPM with the posterior variance (fixed_small) on the respaced chain: the mean is
     mutilde(x_s, m0) and the variance betatilde between the two timesteps. The last step returns the data
     prediction at tau_1, as every sampler here does.
@@ -320,17 +325,10 @@ class SDEDPMSolverPPSampler(ODESolver):
     name = "sde_dpm_solver_pp"
 
     def step(self, model: Model, x: Tensor, i: int, t: Tensor, generator: torch.Generator | None) -> Tensor:
-        m0 = self.data_prediction(model, x, t)
-        previous = self._history[-1] if self._history else None
-        self._history = [(i, m0)]
+        d = self.multistep_data(model, x, i, t)
         if i == 0:
-            return m0  # alphabar = 1: the data prediction at tau_1
+            return d  # alphabar = 1: the data prediction at tau_1
         h = float(self.lam[i - 1] - self.lam[i])
-        d = m0
-        if self.order == 2 and previous is not None and i > 1:
-            j, m1 = previous
-            r = float(self.lam[i] - self.lam[j]) / h
-            d = m0 + (m0 - m1) / (2 * r)
         keep = -math.expm1(-2 * h)  # 1 - e^{-2h}
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (
