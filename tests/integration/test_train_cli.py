@@ -87,6 +87,10 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
             "error: diffusion.self_condition must be true or false, got 'maybe': set it like diffusion.self_condition=true",
         ),
         (
+            ["diffusion.t_sampling=lognormal", "diffusion.log_sigma_std=0"],
+            "error: invalid diffusion config: log_sigma_std must be positive, got 0",
+        ),
+        (
             ["trainer.devices=0"],
             "error: invalid trainer config: `Trainer(devices=0)` value is not a valid input",
         ),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -48,7 +50,9 @@ def test_stratified_batch_loss_has_lower_variance():
 
 
 def test_bad_t_sampling_is_refused():
-    with pytest.raises(ValueError, match="unknown t_sampling 'sobol': choose one of uniform, stratified"):
+    with pytest.raises(
+        ValueError, match="unknown t_sampling .sobol.: choose one of uniform, stratified, lognormal"
+    ):
         GaussianDiffusion(make_beta_schedule("linear", 100), t_sampling="sobol")
 
 
@@ -60,3 +64,38 @@ def test_the_config_switches_it_on():
     d = build_diffusion(compose_config(overrides=["diffusion.t_sampling=stratified"]))
     t = d.sample_timesteps(16, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert sorted((t * 16 // d.num_timesteps).tolist()) == list(range(16))
+
+
+def test_lognormal_draws_follow_the_discretised_normal_of_ln_sigma():
+    """P(t) = Phi((m_t - mu) / s) - Phi((m_{t-1} - mu) / s), m_t the midpoint of ln sigma_t and ln sigma_{t+1}, from
+    the schedule's own alphabar (recomputed here in float64, independent of the class's tables)."""
+    betas = make_beta_schedule("linear", 50)
+    mu, s = -0.5, 1.5
+    d = GaussianDiffusion(betas, t_sampling="lognormal", log_sigma_mean=mu, log_sigma_std=s)
+    alphabar = torch.cumprod(1 - betas.double(), 0)
+    log_sigma = 0.5 * torch.log((1 - alphabar) / alphabar)
+    edges = torch.cat(
+        [torch.tensor([-math.inf]), (log_sigma[:-1] + log_sigma[1:]) / 2, torch.tensor([math.inf])]
+    )
+    cdf = 0.5 * (1 + torch.erf((edges - mu) / (s * math.sqrt(2))))
+    expected = cdf[1:] - cdf[:-1]
+    n = 200_000
+    t = d.sample_timesteps(n, torch.device("cpu"), torch.Generator().manual_seed(3))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 49
+    freq = torch.bincount(t, minlength=50).double() / n
+    se = (expected * (1 - expected) / n).sqrt()
+    assert ((freq - expected).abs() <= 5 * se + 1e-5).all(), (freq - expected).abs().max()
+    # the mass is where the normal puts it: most t near ln sigma = mu, not uniform
+    assert expected.max() > 3 / 50
+
+
+def test_lognormal_is_set_from_the_config_and_checked():
+    from ddpm.build import build_diffusion
+    from ddpm.config import compose_config
+
+    d = build_diffusion(
+        compose_config(overrides=["diffusion.t_sampling=lognormal", "diffusion.log_sigma_mean=0.5"])
+    )
+    assert (d.t_sampling, d.log_sigma_mean, d.log_sigma_std) == ("lognormal", 0.5, 1.2)
+    with pytest.raises(ValueError, match="log_sigma_std must be positive, got 0"):
+        GaussianDiffusion(make_beta_schedule("linear", 100), t_sampling="lognormal", log_sigma_std=0)

@@ -29,7 +29,7 @@ Progress = Callable[[Iterable[int], str], Iterable[int]]
 OBJECTIVES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_large", "fixed_small", "learned_range")
 LOSS_WEIGHTS = ("none", "min_snr", "x0_mse")
-T_SAMPLINGS = ("uniform", "stratified")
+T_SAMPLINGS = ("uniform", "stratified", "lognormal")
 
 
 def min_snr_weights(snr: Tensor, objective: str, gamma: float) -> Tensor:
@@ -53,6 +53,19 @@ def x0_mse_weights(snr: Tensor, objective: str) -> Tensor:
     if objective == "v":
         return 1.0 / (snr + 1.0)
     return torch.ones_like(snr)
+
+
+def stable_target(x_t: Tensor, sqrt_alphabar: Tensor, reference: Tensor) -> Tensor:
+    """The stable target field (Xu et al. 2023): the posterior mean of x_0 given x_t when x_0 is uniform over the
+    reference images r_j, E[x_0 | x_t] = sum_j w_j r_j with w_j = softmax_j(-||x_t - sqrt(alphabar_t) r_j||^2 /
+    (2 (1 - alphabar_t))), i.e. w_j proportional to q(x_t | x_0 = r_j). x_t [B, ...], sqrt_alphabar [B] (float64 is
+    best), reference [R, ...]; returns [B, ...] in x_t's dtype."""
+    a = sqrt_alphabar.double().view(-1, 1)
+    xt = x_t.flatten(1).double()
+    ref = reference.flatten(1).double()
+    # ||x_t - a r||^2 = ||x_t||^2 - 2 a <x_t, r> + a^2 ||r||^2; the first term is the same for every j
+    logits = (2 * a * (xt @ ref.T) - a**2 * ref.square().sum(1)) / (2 * (1 - a**2))
+    return (logits.softmax(dim=1) @ ref).to(x_t.dtype).view_as(x_t)
 
 
 def q_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
@@ -81,8 +94,14 @@ class GaussianDiffusion:
         loss_weight: "none" (L_simple: every t weighs 1), "min_snr" (Hang et al. 2023, see `min_snr_weights`) or
             "x0_mse" (every objective's loss equals the x_0 error, see `x0_mse_weights`).
         snr_gamma: gamma of min_snr.
-        t_sampling: how a training batch draws its t (see `sample_timesteps`): "uniform" (each t independent) or
-            "stratified" (one t in each 1/B of [0, T): each still uniform, the batch's loss of lower variance).
+        t_sampling: how a training batch draws its t (see `sample_timesteps`): "uniform" (each t independent),
+            "stratified" (one t in each 1/B of [0, T): each still uniform, the batch's loss of lower variance) or
+            "lognormal" (the noise level sigma_t = sqrt((1 - alphabar_t) / alphabar_t) log-normal, as in Karras et al.
+            2022: ln sigma ~ N(log_sigma_mean, log_sigma_std^2), rounded to the nearest t; this re-weights the loss).
+        log_sigma_mean, log_sigma_std: the normal of ln sigma for t_sampling="lognormal".
+        stf_reference: R > 0 trains on the stable target field (Xu et al. 2023, see `stable_target`): the posterior
+            mean of x_0 over R reference images (the batch and the training images before it) instead of x_0 itself,
+            a lower-variance target at high noise; 0 (the default) trains on x_0 and eps as drawn.
         vlb_weight: lambda of L_hybrid = L_simple + lambda L_vlb (learned_range only; 0.001 in Nichol & Dhariwal).
         self_condition: the network also takes an estimate of x_0, net(x_t, t, x_cond=x0_hat) (Chen et al. 2022; see
             `ddpm.diffusion.self_conditioning`): training feeds it its own prediction for half of the batches.
@@ -99,6 +118,9 @@ class GaussianDiffusion:
         vlb_weight: float = 0.001,
         t_sampling: str = "uniform",
         self_condition: bool = False,
+        log_sigma_mean: float = -1.2,
+        log_sigma_std: float = 1.2,
+        stf_reference: int = 0,
     ) -> None:
         if not vlb_weight >= 0:
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
@@ -108,6 +130,10 @@ class GaussianDiffusion:
             raise ValueError(f"unknown t_sampling {t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
         if not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
+        if stf_reference < 0:
+            raise ValueError(f"stf_reference must be >= 0 (0: off), got {stf_reference}")
+        if not log_sigma_std > 0:
+            raise ValueError(f"log_sigma_std must be positive, got {log_sigma_std}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if var_type not in VAR_TYPES:
@@ -117,6 +143,9 @@ class GaussianDiffusion:
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
         self.objective = objective
         self.t_sampling = t_sampling
+        self.log_sigma_mean = float(log_sigma_mean)
+        self.log_sigma_std = float(log_sigma_std)
+        self.stf_reference = int(stf_reference)
         self.self_condition = bool(self_condition)
         self.var_type = var_type
         self.learns_variance = var_type == "learned_range"
@@ -135,6 +164,10 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
         # signal-to-noise ratio of x_t: SNR(t) = alphabar_t / (1 - alphabar_t)
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        # ln sigma_t = -ln SNR(t) / 2, increasing in t; a log-normal sigma falls to the t whose ln sigma_t is nearest:
+        # t = the number of midpoints (ln sigma_t + ln sigma_{t+1}) / 2 below it
+        log_sigma = -0.5 * self.snr.log()
+        self.log_sigma_midpoints = 0.5 * (log_sigma[:-1] + log_sigma[1:])
         # the weight of each t in the training loss
         self.loss_weight = loss_weight
         self.loss_weights = {
@@ -324,14 +357,24 @@ class GaussianDiffusion:
     def sample_timesteps(
         self, n: int, device: torch.device, generator: torch.Generator | None = None
     ) -> Tensor:
-        """n training timesteps, each marginally uniform on {0, ..., T-1}.
+        """n training timesteps.
 
         uniform: i.i.d. t_i ~ U{0..T-1}. stratified (the low-discrepancy sampler of Kingma et al. 2021, VDM):
         u ~ U[0, 1), t_i = floor(T ((u + i / n) mod 1)), one t in each n-th of [0, T), so a batch covers the noise
-        levels evenly and its mean loss, an unbiased estimate of the same expectation, varies less.
+        levels evenly and its mean loss, an unbiased estimate of the same expectation, varies less; each t_i is still
+        marginally uniform. lognormal (Karras et al. 2022): i.i.d. ln sigma_i ~ N(log_sigma_mean, log_sigma_std^2),
+        t_i = argmin_t |ln sigma_t - ln sigma_i|, so P(t) = Phi((m_t - mu) / s) - Phi((m_{t-1} - mu) / s) with m_t the
+        midpoint between ln sigma_t and ln sigma_{t+1} (m_{-1} = -inf, m_{T-1} = +inf).
         """
         if self.t_sampling == "uniform":
             return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
+        if self.t_sampling == "lognormal":
+            z = torch.randn((n,), device=device, generator=generator, dtype=torch.float64)
+            log_sigma = self.log_sigma_mean + self.log_sigma_std * z
+            key = ("log_sigma_midpoints", torch.device(device))
+            if key not in self._device_cache:  # float64, as log_sigma
+                self._device_cache[key] = self.log_sigma_midpoints.to(device)
+            return torch.bucketize(log_sigma, self._device_cache[key])
         u = torch.rand((), device=device, generator=generator, dtype=torch.float64)
         s = (u + torch.arange(n, device=device, dtype=torch.float64) / n) % 1.0
         return (s * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
@@ -343,6 +386,7 @@ class GaussianDiffusion:
         t: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        reference: Tensor | None = None,
     ) -> Tensor:
         """Per-example mean squared error between the network output at x_t and the objective's target, times the
         loss weight of t (1 for loss_weight="none").
@@ -365,7 +409,14 @@ class GaussianDiffusion:
         else:
             model_output = model(x_t, t)
         prediction, v = self.split_output(model_output)
-        target = self.training_target(x0, t, noise)
+        if reference is None:
+            target = self.training_target(x0, t, noise)
+        else:  # the stable target field: x_0's posterior mean over the reference images, and the eps it implies
+            sqrt_ab = self.sqrt_alphas_cumprod.to(t.device)[t]
+            x0_target = stable_target(x_t, sqrt_ab, reference)
+            a = self._extract("sqrt_alphas_cumprod", t, x_t)
+            noise_target = (x_t - a * x0_target) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+            target = self.training_target(x0_target, t, noise_target)
         mse = F.mse_loss(prediction.float(), target, reduction="none").flatten(1).mean(1)
         if self.loss_weight != "none":
             mse = self._extract("loss_weights", t, mse).view(-1) * mse

@@ -117,11 +117,24 @@ class DiffusionModule(L.LightningModule):
         if self.num_classes is not None and isinstance(batch, (list, tuple)):
             dropped = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
         net = self._network_of(self.train_net, batch, dropped)
-        loss = self.diffusion.training_losses(net, x0, t, noise, generator=g).mean()
+        loss = self.diffusion.training_losses(
+            net, x0, t, noise, generator=g, reference=self._reference(x0)
+        ).mean()
         self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
         return loss
+
+    def _reference(self, x0: Tensor) -> Tensor | None:
+        """The reference images of the stable target field (diffusion.stf_reference = R > 0): this batch, then the most
+        recent training images before it, R in all; None when off."""
+        size = self.diffusion.stf_reference
+        if size <= 0:
+            return None
+        queue = getattr(self, "_reference_queue", None)
+        reference = x0.detach() if queue is None else torch.cat([x0.detach(), queue])[:size]
+        self._reference_queue = reference
+        return reference
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -154,7 +167,9 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         net = self._network_of(self.ema.module, batch)
-        loss = self.diffusion.training_losses(net, x0, t, noise, generator=g).mean()
+        loss = self.diffusion.training_losses(
+            net, x0, t, noise, generator=g
+        ).mean()  # L_simple: no stable target
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
