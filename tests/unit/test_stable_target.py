@@ -78,10 +78,13 @@ def test_the_module_keeps_the_batch_then_the_most_recent_images():
 
     module = build_module(compose_config(overrides=["diffusion.stf_reference=10"]))
     batches = [torch.full((4, 1, 28, 28), float(k)) for k in range(3)]
-    refs = [module._reference(b) for b in batches]
+    refs = [module._reference(b)[0] for b in batches]
     assert [r.shape[0] for r in refs] == [4, 8, 10]
     assert refs[2][:, 0, 0, 0].tolist() == [2.0] * 4 + [1.0] * 4 + [0.0] * 2
-    assert build_module(compose_config())._reference(batches[0]) is None  # off by default
+    assert build_module(compose_config(overrides=["diffusion.stf_reference=0"]))._reference(batches[0]) == (
+        None,
+        None,
+    )
 
 
 def test_validation_neither_feeds_the_reference_nor_uses_it():
@@ -100,3 +103,39 @@ def test_validation_neither_feeds_the_reference_nor_uses_it():
         loss, plain_loss = module.validation_step(held_out, 0), plain.validation_step(held_out, 0)
     assert torch.equal(module._reference_queue, train_batch)
     assert torch.equal(loss, plain_loss)
+
+
+def test_a_conditional_target_is_the_posterior_over_its_own_class():
+    d = GaussianDiffusion(BETAS)
+    reference = torch.rand(12, 1, 6, 6) * 2 - 1
+    labels = torch.arange(12) % 3
+    x0 = reference[[4, 5]]  # classes 1 and 2
+    t = torch.full((2,), 500)
+    x_t = d.q_sample(x0, t, torch.randn_like(x0))
+    allowed = labels[None, :] == labels[[4, 5], None]
+    target = stable_target(x_t, d.sqrt_alphas_cumprod[t], reference, allowed)
+    for i, c in enumerate((1, 2)):
+        expected = bayes_posterior_mean(x_t[i], d.alphas_cumprod[500].item(), reference[labels == c]).float()
+        torch.testing.assert_close(target[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_module_allows_the_class_conditioned_on_and_all_for_the_null_class():
+    from ddpm.build import build_module
+    from ddpm.config import compose_config
+
+    module = build_module(
+        compose_config(overrides=["condition=class", "diffusion.stf_reference=6", "model.num_classes=10"])
+    )
+    k = module.num_classes
+    first = torch.zeros(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    module._reference(*first)
+    x0, y = torch.ones(3, 1, 28, 28), torch.tensor([1, 1, 0])
+    conditioned_on = torch.tensor([1, k, 0])  # the second label dropped
+    reference, allowed = module._reference(x0, y, conditioned_on)
+    ref_labels = [1, 1, 0, 0, 1, 2]
+    assert reference[:3].eq(1).all() and reference[3:].eq(0).all()
+    expected = [[label == 1 for label in ref_labels], [True] * 6, [label == 0 for label in ref_labels]]
+    assert allowed.tolist() == expected
+    module.hparams.noise_seed = 1
+    loss = module.training_step((torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([3, 3, 7, 9])), 0)
+    assert torch.isfinite(loss)

@@ -13,6 +13,7 @@ Notation (index i = 0..T-1 is the paper's t = i + 1):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -55,16 +56,21 @@ def x0_mse_weights(snr: Tensor, objective: str) -> Tensor:
     return torch.ones_like(snr)
 
 
-def stable_target(x_t: Tensor, sqrt_alphabar: Tensor, reference: Tensor) -> Tensor:
+def stable_target(
+    x_t: Tensor, sqrt_alphabar: Tensor, reference: Tensor, allowed: Tensor | None = None
+) -> Tensor:
     """The stable target field (Xu et al. 2023): the posterior mean of x_0 given x_t when x_0 is uniform over the
     reference images r_j, E[x_0 | x_t] = sum_j w_j r_j with w_j = softmax_j(-||x_t - sqrt(alphabar_t) r_j||^2 /
     (2 (1 - alphabar_t))), i.e. w_j proportional to q(x_t | x_0 = r_j). x_t [B, ...], sqrt_alphabar [B] (float64 is
-    best), reference [R, ...]; returns [B, ...] in x_t's dtype."""
+    best), reference [R, ...]; allowed [B, R] (bool, optional) restricts example i's posterior to the r_j it allows
+    (a conditional network's E[x_0 | x_t, y]: the references of its class); returns [B, ...] in x_t's dtype."""
     a = sqrt_alphabar.double().view(-1, 1)
     xt = x_t.flatten(1).double()
     ref = reference.flatten(1).double()
     # ||x_t - a r||^2 = ||x_t||^2 - 2 a <x_t, r> + a^2 ||r||^2; the first term is the same for every j
     logits = (2 * a * (xt @ ref.T) - a**2 * ref.square().sum(1)) / (2 * (1 - a**2))
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, -math.inf)
     return (logits.softmax(dim=1) @ ref).to(x_t.dtype).view_as(x_t)
 
 
@@ -387,6 +393,7 @@ class GaussianDiffusion:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         reference: Tensor | None = None,
+        reference_allowed: Tensor | None = None,
     ) -> Tensor:
         """Per-example mean squared error between the network output at x_t and the objective's target, times the
         loss weight of t (1 for loss_weight="none").
@@ -399,6 +406,10 @@ class GaussianDiffusion:
         A self-conditioned network (self_condition) is called as model(x_t, t, x_cond=x0_hat), x0_hat from
         `self_condition_input`: its own detached prediction for half of the batches (the coin drawn from
         `generator`), zeros for the others.
+
+        With reference images [R, ...] (the stable target field, `stable_target`) the target is formed from x_0's
+        posterior mean over them (restricted per example by reference_allowed [B, R]) and the noise it implies,
+        (x_t - sqrt(alphabar_t) E[x_0 | x_t]) / sqrt(1 - alphabar_t), in place of the x_0 and eps that were drawn.
         """
         if noise is None:
             noise = torch.randn_like(x0)
@@ -413,7 +424,7 @@ class GaussianDiffusion:
             target = self.training_target(x0, t, noise)
         else:  # the stable target field: x_0's posterior mean over the reference images, and the eps it implies
             sqrt_ab = self.sqrt_alphas_cumprod.to(t.device)[t]
-            x0_target = stable_target(x_t, sqrt_ab, reference)
+            x0_target = stable_target(x_t, sqrt_ab, reference, reference_allowed)
             a = self._extract("sqrt_alphas_cumprod", t, x_t)
             noise_target = (x_t - a * x0_target) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
             target = self.training_target(x0_target, t, noise_target)

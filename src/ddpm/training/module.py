@@ -117,24 +117,42 @@ class DiffusionModule(L.LightningModule):
         if self.num_classes is not None and isinstance(batch, (list, tuple)):
             dropped = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
         net = self._network_of(self.train_net, batch, dropped)
+        reference, allowed = self._reference(x0, batch[1] if dropped is not None else None, dropped)
         loss = self.diffusion.training_losses(
-            net, x0, t, noise, generator=g, reference=self._reference(x0)
+            net, x0, t, noise, generator=g, reference=reference, reference_allowed=allowed
         ).mean()
         self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
         return loss
 
-    def _reference(self, x0: Tensor) -> Tensor | None:
+    def _reference(
+        self, x0: Tensor, labels: Tensor | None = None, conditioned_on: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
         """The reference images of the stable target field (diffusion.stf_reference = R > 0): this batch, then the most
-        recent training images before it, R in all; None when off."""
+        recent training images before it, R in all; (None, None) when off. With labels (a class-conditional network)
+        also which references each example's target may use, allowed [B, R]: those of the class it is conditioned on
+        (conditioned_on, after label dropout), every one where its label was dropped (the null class). The queue is
+        not checkpointed: after a resume it refills within R / B steps."""
         size = self.diffusion.stf_reference
         if size <= 0:
-            return None
-        queue = getattr(self, "_reference_queue", None)
+            return None, None
+        queue, queue_labels = (
+            getattr(self, "_reference_queue", None),
+            getattr(self, "_reference_labels", None),
+        )
         reference = x0.detach() if queue is None else torch.cat([x0.detach(), queue])[:size]
         self._reference_queue = reference
-        return reference
+        if labels is None:
+            self._reference_labels = None
+            return reference, None
+        ref_labels = (
+            labels if queue_labels is None else torch.cat([labels, queue_labels])[: reference.shape[0]]
+        )
+        self._reference_labels = ref_labels
+        cond = labels if conditioned_on is None else conditioned_on
+        allowed = (ref_labels[None, :] == cond[:, None]) | (cond == self.num_classes)[:, None]
+        return reference, allowed
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
