@@ -133,7 +133,7 @@ class DiffusionModule(L.LightningModule):
         recent training images before it, R in all; (None, None) when off. With labels (a class-conditional network)
         also which references each example's target may use, allowed [B, R]: those of the class it is conditioned on
         (conditioned_on, after label dropout), every one where its label was dropped (the null class). The queue is
-        not checkpointed: after a resume it refills within R / B steps."""
+        saved in checkpoints (on_save_checkpoint), so a resumed run trains on the same targets."""
         size = self.diffusion.stf_reference
         if size <= 0:
             return None, None
@@ -248,6 +248,17 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loss_check.flush()  # never save the weights of a step whose loss was not finite
         checkpoint["ddpm_format"] = 1
+        queue = getattr(self, "_reference_queue", None)
+        if queue is not None:  # the stable target's reference: a resumed run trains on the same targets
+            checkpoint["stf_reference"] = {
+                "images": queue,
+                "labels": getattr(self, "_reference_labels", None),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("stf_reference")
+        if saved is not None:
+            self._reference_queue, self._reference_labels = saved["images"], saved["labels"]
 
     @property
     def num_parameters(self) -> int:
