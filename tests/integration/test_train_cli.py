@@ -87,6 +87,10 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
             "error: diffusion.self_condition must be true or false, got 'maybe': set it like diffusion.self_condition=true",
         ),
         (
+            ["model.scale_shift_norm=1.5"],
+            "error: model.scale_shift_norm must be true or false, got 1.5",
+        ),
+        (
             ["diffusion.t_sampling=lognormal", "diffusion.log_sigma_std=0"],
             "error: invalid diffusion config: log_sigma_std must be positive, got 0",
         ),

@@ -103,3 +103,69 @@ def test_attention_is_multi_head_softmax_attention(num_heads, channels_last):
         torch.cat(heads, 1).view(2, 16, 4, 4), block.proj.weight, block.proj.bias
     )
     torch.testing.assert_close(block(x), expected)
+
+
+def _res_block_pair(seed: int = 0):
+    """An additive ResBlock and a scale-shift one with the same convolutions and norms (temb_proj differs in size)."""
+    from ddpm.models.layers import ResBlock
+
+    torch.manual_seed(seed)
+    add = ResBlock(8, 16, temb_dim=12, dropout=0.0, num_groups=4)
+    ss = ResBlock(8, 16, temb_dim=12, dropout=0.0, num_groups=4, scale_shift=True)
+    for p in add.parameters():  # undo zero-init so the second convolution carries signal
+        torch.nn.init.normal_(p, std=0.2)
+    state = {k: v for k, v in add.state_dict().items() if not k.startswith("temb_proj")}
+    ss.load_state_dict(state, strict=False)
+    return add.double(), ss.double()  # float64: the comparisons below are exact up to rounding
+
+
+def test_scale_shift_block_is_adaptive_group_norm():
+    """Dhariwal & Nichol 2021: h = conv2(SiLU(GN(h1) (1 + s) + b)), (s, b) = Linear(SiLU(temb)), written out with
+    F.group_norm here; the additive block is conv2(SiLU(GN(h1 + e)))."""
+    import torch.nn.functional as F
+
+    add, ss = _res_block_pair()
+    torch.nn.init.normal_(ss.temb_proj.weight, std=0.3)
+    torch.nn.init.normal_(ss.temb_proj.bias, std=0.3)
+    x, temb = torch.randn(3, 8, 6, 6, dtype=torch.float64), torch.randn(3, 12, dtype=torch.float64)
+    h1 = F.conv2d(
+        F.silu(F.group_norm(x, 4, add.norm1.weight, add.norm1.bias, eps=1e-6)),
+        add.conv1.weight,
+        add.conv1.bias,
+        padding=1,
+    )
+    s, b = (F.silu(temb) @ ss.temb_proj.weight.T + ss.temb_proj.bias).split(16, dim=1)
+    gn = F.group_norm(h1, 4, add.norm2.weight, add.norm2.bias, eps=1e-6)
+    h = gn * (1 + s[:, :, None, None]) + b[:, :, None, None]
+    expected = F.conv2d(x, add.skip.weight, add.skip.bias) + F.conv2d(
+        F.silu(h), add.conv2.weight, add.conv2.bias, padding=1
+    )
+    torch.testing.assert_close(ss(x, temb), expected)
+    e = F.silu(temb) @ add.temb_proj.weight.T + add.temb_proj.bias
+    gn_add = F.group_norm(h1 + e[:, :, None, None], 4, add.norm2.weight, add.norm2.bias, eps=1e-6)
+    expected_add = F.conv2d(x, add.skip.weight, add.skip.bias) + F.conv2d(
+        F.silu(gn_add), add.conv2.weight, add.conv2.bias, padding=1
+    )
+    torch.testing.assert_close(add(x, temb), expected_add)
+
+
+def test_scale_shift_with_a_zero_condition_equals_the_additive_block_with_a_zero_condition():
+    add, ss = _res_block_pair(1)
+    for block in (add, ss):
+        torch.nn.init.zeros_(block.temb_proj.weight)
+        torch.nn.init.zeros_(block.temb_proj.bias)
+    x, temb = torch.randn(2, 8, 5, 5, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    torch.testing.assert_close(ss(x, temb), add(x, temb))
+
+
+def test_scale_shift_unet_depends_on_t_and_trains_every_parameter():
+    torch.manual_seed(0)
+    net = UNet(
+        image_size=8, in_channels=1, attn_resolutions=(4,), scale_shift_norm=True, num_classes=3, **SMALL
+    )
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 1, 8, 8)
+    assert (net(x, torch.tensor([1, 1])) - net(x, torch.tensor([500, 500]))).abs().max() > 1e-4
+    net(x, torch.tensor([3, 700]), y=torch.tensor([0, 2])).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())

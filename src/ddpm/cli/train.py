@@ -82,6 +82,8 @@ TYPED_KEYS = {
     "trainer.gradient_clip_val": NUMBER,
     "diffusion.clip_denoised": BOOLEAN,
     "diffusion.self_condition": BOOLEAN,
+    "model.scale_shift_norm": BOOLEAN,
+    "model.channels_last": BOOLEAN,
 }
 
 

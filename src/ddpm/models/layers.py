@@ -37,13 +37,26 @@ def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))); h += Linear(SiLU(temb)); h = conv(dropout(SiLU(GN(h)))); return skip(x) + h."""
+    """h = conv(SiLU(GN(x))); e = Linear(SiLU(temb)); h = conv(dropout(SiLU(GN(h + e)))); return skip(x) + h.
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, num_groups: int) -> None:
+    With scale_shift (adaptive GroupNorm, Dhariwal & Nichol 2021), e = (s, b) and the second normalisation is
+    GN(h) * (1 + s) + b: the noise level scales the features instead of only shifting them before a norm.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int,
+        dropout: float,
+        num_groups: int,
+        scale_shift: bool = False,
+    ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = group_norm(in_ch, num_groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_dim, out_ch)
+        self.temb_proj = nn.Linear(temb_dim, 2 * out_ch if scale_shift else out_ch)
         self.norm2 = group_norm(out_ch, num_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -51,8 +64,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -38,6 +38,8 @@ class UNet(nn.Module):
             None: unconditional, no embedding.
         self_condition: the network also takes an estimate x_cond of x_0 (Chen et al. 2022), concatenated to x_t as
             in_channels more input channels (zeros when the caller has none).
+        scale_shift_norm: time (and class) condition every residual block by adaptive GroupNorm, GN(h) (1 + s) + b
+            (Dhariwal & Nichol 2021), instead of adding it to h before the norm (DDPM's).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class UNet(nn.Module):
         channels_last: bool = False,
         num_classes: int | None = None,
         self_condition: bool = False,
+        scale_shift_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is not None and (
@@ -90,7 +93,9 @@ class UNet(nn.Module):
         ch, res = base_channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                block = nn.ModuleList([ResBlock(ch, base_channels * mult, temb_dim, dropout, num_groups)])
+                block = nn.ModuleList(
+                    [ResBlock(ch, base_channels * mult, temb_dim, dropout, num_groups, scale_shift_norm)]
+                )
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     block.append(AttnBlock(ch, num_heads, num_groups))
@@ -103,9 +108,9 @@ class UNet(nn.Module):
 
         self.mid = nn.ModuleList(
             [
-                ResBlock(ch, ch, temb_dim, dropout, num_groups),
+                ResBlock(ch, ch, temb_dim, dropout, num_groups, scale_shift_norm),
                 AttnBlock(ch, num_heads, num_groups),
-                ResBlock(ch, ch, temb_dim, dropout, num_groups),
+                ResBlock(ch, ch, temb_dim, dropout, num_groups, scale_shift_norm),
             ]
         )
 
@@ -113,7 +118,16 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
                 block = nn.ModuleList(
-                    [ResBlock(ch + skip_channels.pop(), base_channels * mult, temb_dim, dropout, num_groups)]
+                    [
+                        ResBlock(
+                            ch + skip_channels.pop(),
+                            base_channels * mult,
+                            temb_dim,
+                            dropout,
+                            num_groups,
+                            scale_shift_norm,
+                        )
+                    ]
                 )
                 ch = base_channels * mult
                 if res in attn_resolutions:
