@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ddpm.models import UNet
-from ddpm.models.layers import timestep_embedding
+from ddpm.models.layers import ResBlock, timestep_embedding
 
 SMALL = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_groups=8, dropout=0.0)
 
@@ -107,8 +108,6 @@ def test_attention_is_multi_head_softmax_attention(num_heads, channels_last):
 
 def _res_block_pair(seed: int = 0):
     """An additive ResBlock and a scale-shift one with the same convolutions and norms (temb_proj differs in size)."""
-    from ddpm.models.layers import ResBlock
-
     torch.manual_seed(seed)
     add = ResBlock(8, 16, temb_dim=12, dropout=0.0, num_groups=4)
     ss = ResBlock(8, 16, temb_dim=12, dropout=0.0, num_groups=4, scale_shift=True)
@@ -122,8 +121,6 @@ def _res_block_pair(seed: int = 0):
 def test_scale_shift_block_is_adaptive_group_norm():
     """Dhariwal & Nichol 2021: h = conv2(SiLU(GN(h1) (1 + s) + b)), (s, b) = Linear(SiLU(temb)), written out with
     F.group_norm here; the additive block is conv2(SiLU(GN(h1 + e)))."""
-    import torch.nn.functional as F
-
     add, ss = _res_block_pair()
     torch.nn.init.normal_(ss.temb_proj.weight, std=0.3)
     torch.nn.init.normal_(ss.temb_proj.bias, std=0.3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -90,12 +91,13 @@ class UNet(nn.Module):
         # Down path: remember the channels of every activation that is skipped across to the up path.
         self.down = nn.ModuleList()
         skip_channels = [base_channels]
+        res_block = partial(
+            ResBlock, temb_dim=temb_dim, dropout=dropout, num_groups=num_groups, scale_shift=scale_shift_norm
+        )
         ch, res = base_channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                block = nn.ModuleList(
-                    [ResBlock(ch, base_channels * mult, temb_dim, dropout, num_groups, scale_shift_norm)]
-                )
+                block = nn.ModuleList([res_block(ch, base_channels * mult)])
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     block.append(AttnBlock(ch, num_heads, num_groups))
@@ -108,27 +110,16 @@ class UNet(nn.Module):
 
         self.mid = nn.ModuleList(
             [
-                ResBlock(ch, ch, temb_dim, dropout, num_groups, scale_shift_norm),
+                res_block(ch, ch),
                 AttnBlock(ch, num_heads, num_groups),
-                ResBlock(ch, ch, temb_dim, dropout, num_groups, scale_shift_norm),
+                res_block(ch, ch),
             ]
         )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                block = nn.ModuleList(
-                    [
-                        ResBlock(
-                            ch + skip_channels.pop(),
-                            base_channels * mult,
-                            temb_dim,
-                            dropout,
-                            num_groups,
-                            scale_shift_norm,
-                        )
-                    ]
-                )
+                block = nn.ModuleList([res_block(ch + skip_channels.pop(), base_channels * mult)])
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     block.append(AttnBlock(ch, num_heads, num_groups))

@@ -68,6 +68,9 @@ class DiffusionModule(L.LightningModule):
         self.diffusion = diffusion
         self._noise_generators: dict[torch.device, torch.Generator] = {}
         self.loss_check = FiniteLossCheck()
+        # the stable target's reference images and their labels (see `_reference`; saved in checkpoints)
+        self._reference_queue: Tensor | None = None
+        self._reference_labels: Tensor | None = None
         # the compiled network shares the parameters of self.net; kept out of the module tree (and state_dict)
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
@@ -137,10 +140,7 @@ class DiffusionModule(L.LightningModule):
         size = self.diffusion.stf_reference
         if size <= 0:
             return None, None
-        queue, queue_labels = (
-            getattr(self, "_reference_queue", None),
-            getattr(self, "_reference_labels", None),
-        )
+        queue, queue_labels = self._reference_queue, self._reference_labels
         reference = x0.detach() if queue is None else torch.cat([x0.detach(), queue])[:size]
         self._reference_queue = reference
         if labels is None:
@@ -248,12 +248,10 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loss_check.flush()  # never save the weights of a step whose loss was not finite
         checkpoint["ddpm_format"] = 1
-        queue = getattr(self, "_reference_queue", None)
-        if queue is not None:  # the stable target's reference: a resumed run trains on the same targets
-            checkpoint["stf_reference"] = {
-                "images": queue,
-                "labels": getattr(self, "_reference_labels", None),
-            }
+        if (
+            self._reference_queue is not None
+        ):  # the stable target's reference: a resumed run trains on the same targets
+            checkpoint["stf_reference"] = {"images": self._reference_queue, "labels": self._reference_labels}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("stf_reference")
