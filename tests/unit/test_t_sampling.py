@@ -60,7 +60,9 @@ def test_the_config_switches_it_on():
     from ddpm.build import build_diffusion
     from ddpm.config import compose_config
 
-    assert build_diffusion(compose_config()).t_sampling == "uniform"  # the default
+    d = build_diffusion(compose_config())  # the CPU default (diffusion=x0): log-normal noise levels
+    assert (d.t_sampling, d.log_sigma_mean, d.log_sigma_std) == ("lognormal", 0.5, 1.5)
+    assert build_diffusion(compose_config(overrides=["diffusion=eps"])).t_sampling == "uniform"  # Ho et al.'s
     d = build_diffusion(compose_config(overrides=["diffusion.t_sampling=stratified"]))
     t = d.sample_timesteps(16, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert sorted((t * 16 // d.num_timesteps).tolist()) == list(range(16))
@@ -94,7 +96,9 @@ def test_lognormal_is_set_from_the_config_and_checked():
     from ddpm.config import compose_config
 
     d = build_diffusion(
-        compose_config(overrides=["diffusion.t_sampling=lognormal", "diffusion.log_sigma_mean=0.5"])
+        compose_config(
+            overrides=["diffusion=eps", "diffusion.t_sampling=lognormal", "diffusion.log_sigma_mean=0.5"]
+        )
     )
     assert (d.t_sampling, d.log_sigma_mean, d.log_sigma_std) == ("lognormal", 0.5, 1.2)
     with pytest.raises(ValueError, match="log_sigma_std must be positive, got 0"):
