@@ -109,8 +109,8 @@ class DiffusionModule(L.LightningModule):
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """t ~ diffusion.t_sampling (U{0..T-1}, stratified or log-normal), eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = ||target -
-        net(x_t, t)||^2."""
+        """t ~ diffusion.t_sampling (U{0..T-1}, stratified or log-normal), eps ~ N(0, I), x_t = q_sample(x_0, t, eps),
+        loss = ||target - net(x_t, t)||^2."""
         x0 = self._images(batch)
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         g = self.noise_generator(x0.device, batch_idx % accumulate)
