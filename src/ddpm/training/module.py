@@ -248,9 +248,8 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loss_check.flush()  # never save the weights of a step whose loss was not finite
         checkpoint["ddpm_format"] = 1
-        if (
-            self._reference_queue is not None
-        ):  # the stable target's reference: a resumed run trains on the same targets
+        # the stable target's reference: a resumed run trains on the same targets
+        if self._reference_queue is not None:
             checkpoint["stf_reference"] = {"images": self._reference_queue, "labels": self._reference_labels}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
