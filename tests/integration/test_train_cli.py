@@ -58,7 +58,10 @@ def test_default_train_writes_checkpoint_grids_and_wandb_run(run_train, tmp_path
 
 
 def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
-    _ok(run_train("schedule=cosine", "logger=csv"))
+    _ok(run_train("schedule=cosine", "logger=csv", "callbacks.model_checkpoint.save_top_k=-1"))
+    # kept step checkpoints are named like the grids, at every validation
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
     with open(next((tmp_path / "run").rglob("metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
