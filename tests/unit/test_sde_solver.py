@@ -61,3 +61,16 @@ def test_it_calls_the_network_once_per_step_and_draws_its_noise_from_the_generat
     ]
     assert torch.equal(same[0], same[1]) and not torch.allclose(same[0], same[2])
     assert torch.isfinite(a).all()
+
+
+def test_the_default_sampler_steps_evenly_in_t():
+    """The run's default sampler (train.py's and evaluate.py's): 20 calls at timesteps evenly spaced over [0, T-1]
+    (benchmarks/README.md, seventh screen: better FID on the default model than log-SNR spacing)."""
+    from ddpm.build import build_diffusion, build_sampler
+    from ddpm.config import compose_config
+
+    cfg = compose_config()
+    ts = build_sampler(build_diffusion(cfg), cfg.sampler).timesteps
+    gap = (cfg.schedule.num_timesteps - 1) / 19
+    assert cfg.sampler.name == "sde_dpm_solver_pp" and len(ts) == 20
+    assert list(ts) == [round(i * gap) for i in range(20)]
