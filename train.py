@@ -2,6 +2,7 @@
 
 import hydra
 
+from ddpm.cli.app import run
 from ddpm.cli.train import main as train_main
 
 
@@ -11,4 +12,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # one sentence and exit code 2 for a command line Hydra cannot compose

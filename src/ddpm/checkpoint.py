@@ -74,14 +74,50 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torc
     return None
 
 
-def check_resume(module: DiffusionModule, path: str | Path) -> None:
-    """Fail now, with one sentence, if the checkpoint to resume from cannot be read or does not fit the model.
+# what defines the network and the process it learned: a checkpoint resumes only into a run that agrees on all of it
+# (model.channels_last is a memory layout, free to change; model.compile came from older run configs)
+RESUME_MUST_MATCH = {
+    "model": None,  # every setting
+    "schedule": None,
+    "diffusion": ("objective", "var_type", "self_condition"),
+}
+RESUME_MAY_DIFFER = {"model.channels_last", "model.compile"}
 
-    Only names and shapes are compared, on a memory-mapped file: the weights themselves are read once, by the Trainer.
+
+def changed_settings(stored: dict, composed: dict) -> list[str]:
+    """`key: <checkpoint's value> in the checkpoint, <value> now` for each setting of RESUME_MUST_MATCH that differs
+    (a key only one of them has counts as a difference, unless the checkpoint predates it)."""
+    changes = []
+    for group, keys in RESUME_MUST_MATCH.items():
+        old, new = stored.get(group) or {}, composed.get(group) or {}
+        names = keys or sorted(set(old) | set(new))
+        for k in names:
+            key = f"{group}.{k}"
+            if key in RESUME_MAY_DIFFER or k not in old:
+                continue
+            if old.get(k) != new.get(k):
+                changes.append(f"{key} {old.get(k)!r} in the checkpoint, {new.get(k, 'unset')!r} now")
+    return changes
+
+
+def check_resume(module: DiffusionModule, path: str | Path, cfg: DictConfig) -> int:
+    """Fail now, with one sentence, if the checkpoint to resume from cannot be read or holds another model than the
+    one `cfg` describes (the network's settings, the schedule, the objective, the variance, self-conditioning, the
+    class count); returns the checkpoint's step.
+
+    The weights are compared by names and shapes only, on a memory-mapped file: they are read once, by the Trainer.
     """
-    problem = state_dict_mismatch(module.state_dict(), read_checkpoint(path, mmap=True)["state_dict"])
+    ckpt = read_checkpoint(path, mmap=True)
+    changes = changed_settings(ckpt["hyper_parameters"]["config"], OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        raise ConfigError(
+            f"checkpoint {path} holds another model than this run's config: {'; '.join(changes)}: resume with the "
+            "settings of the run that wrote it, or start a new run in another folder (without ckpt_path)"
+        )
+    problem = state_dict_mismatch(module.state_dict(), ckpt["state_dict"])
     if problem:
         raise ConfigError(
             f"checkpoint {path} does not match the model of this run's config ({problem}): "
             "resume with the model settings of the run that wrote it"
         )
+    return int(ckpt.get("global_step", 0))

@@ -9,6 +9,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm import schema
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # conf/ of a source checkout (editable install)
 
 
@@ -18,6 +20,7 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+schema.register()  # train_schema, sample_schema, evaluate_schema: the types of every setting
 
 
 def compose_config(

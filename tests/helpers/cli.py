@@ -40,11 +40,16 @@ TINY_FID = [
 ]
 
 
-def run_script(script: str, *overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *overrides: str, cwd: Path, timeout: int = 300, test_helpers: bool = False
+) -> subprocess.CompletedProcess:
+    """`python <script> <overrides>` in cwd; test_helpers=True lets configs name classes of tests.helpers."""
     env = dict(
         os.environ, DDPM_ROOT=str(cwd), WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="0"
     )
     env.pop("PYTHONPATH", None)
+    if test_helpers:
+        env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
         cwd=cwd,

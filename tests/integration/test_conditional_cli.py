@@ -98,7 +98,9 @@ def test_bad_conditional_input_is_one_sentence(conditional, tmp_path):
     assert "labels [10] are outside this model's classes 0..9" in _refused(
         "sample.py", f"ckpt_path={ckpt}", "labels=[3,10]", cwd=tmp_path
     )
-    assert "guidance must be >= 0" in _refused("sample.py", f"ckpt_path={ckpt}", "guidance=-1", cwd=tmp_path)
+    assert "guidance must be a finite number >= 0 (0: no guidance), got -1.0" in _refused(
+        "sample.py", f"ckpt_path={ckpt}", "guidance=-1", cwd=tmp_path
+    )
 
 
 def test_guidance_or_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, fid_weights, monkeypatch):

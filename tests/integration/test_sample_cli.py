@@ -97,12 +97,9 @@ def test_ckpt_path_is_required(tmp_path):
     [
         (
             ["sampler.name=heun"],
-            "error: invalid sampler config: unknown sampler 'heun': choose one of ddpm, ddim",
+            "error: unknown sampler 'heun': choose one of ddpm, ddim, dpm_solver_pp, sde_dpm_solver_pp, unipc",
         ),
-        (
-            ["sampler.steps=0"],
-            "error: invalid sampler config: sampler steps must be between 1 and T=100, got 0",
-        ),
+        (["sampler.steps=0"], "error: sampler.steps must be at least 1, got 0"),
         (["sampler=unipc", "sampler.steps=101"], "sampler steps must be between 1 and T=100, got 101"),
         (
             ["sampler=dpm_solver_pp", "sampler.steps=1"],

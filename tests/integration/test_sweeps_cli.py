@@ -55,17 +55,18 @@ def test_grid_sweep_of_runs_that_never_validate_runs_every_job(tmp_path):
     assert "optimized_metric=val/loss was not logged by this run" in proc.stdout + proc.stderr  # a warning
 
 
-def test_optuna_search_whose_trials_cannot_log_the_metric_stops_before_any_trains(tmp_path):
+def test_optuna_trials_that_cannot_log_the_metric_fail_before_they_train(tmp_path):
     sweep = tmp_path / "optuna"
     proc = run_script(
         "train.py", *TINY, "hparams_search=fid_optuna", "optimized_metric=val/loss", "trainer.val_check_interval=250",
-        "trainer.max_steps=3", f"hydra.sweep.dir={sweep}", "logger=none", cwd=tmp_path, timeout=600,
+        "trainer.max_steps=3", f"hydra.sweep.dir={sweep}", "logger=none", "hydra.sweeper.n_trials=2", cwd=tmp_path,
+        timeout=600,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert (
-        "error: optimized_metric=val/loss is logged at validation, but trainer.max_steps=3 ends"
-        in proc.stderr
-    )
+    for job in (0, 1):  # each trial fails with the sentence, and the study ends with both in its table
+        assert f"error: job {job} (" in proc.stderr
+    assert "optimized_metric=val/loss is logged at validation, but trainer.max_steps=3 ends" in proc.stderr
+    assert "error: 2 of 2 jobs failed (job 0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(sweep.rglob("*.ckpt"))
 

@@ -207,3 +207,22 @@ def test_local_weights_never_point_at_a_download(tmp_path, monkeypatch):
     mine.write_bytes(b"y")
     monkeypatch.setenv("DDPM_FID_WEIGHTS", str(mine))
     assert local_weights() == str(mine)
+
+
+def test_the_class_accuracy_classifier_scores_images_against_their_own_labels():
+    """A classifier trained on the mnist5k training split is right on most held-out digits when each image meets its
+    own label, and near chance when the labels are shifted by one image: a misalignment cannot pass for accuracy."""
+    from ddpm.data import ImageDataModule
+    from ddpm.metrics.classifier import accuracy, fit_classifier, labelled_tensors
+
+    dm = ImageDataModule(source="mnist5k", labels=True)
+    dm.setup("fit")
+    images, labels = labelled_tensors(dm.train_set)
+    # the labels come from the dataset's label array, the images through its loader: the items pair them the same way
+    assert all(
+        torch.equal(dm.train_set[i][0], images[i]) and dm.train_set[i][1] == labels[i] for i in (0, 7, 4000)
+    )
+    model = fit_classifier(images, labels, num_classes=10, epochs=2)
+    held_images, held_labels = labelled_tensors(dm.val_set)
+    assert accuracy(model, held_images, held_labels) > 0.85
+    assert accuracy(model, held_images, held_labels.roll(1)) < 0.25

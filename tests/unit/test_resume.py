@@ -163,18 +163,57 @@ def test_the_resume_check_reads_shapes_only_and_leaves_the_weights_to_the_traine
 
     _fit(tmp_path / "a", 2)
     last = tmp_path / "a" / "ckpt" / "last.ckpt"
-    fresh = build_module(compose_config(ROOT / "conf", "train", [*TINY, "logger=none"], tmp_path))
+    cfg = compose_config(ROOT / "conf", "train", [*TINY, "logger=none", "optim.decay=constant"], tmp_path)
+    fresh = build_module(cfg)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    check_resume(fresh, last)  # fits: no error, and nothing loaded
+    assert check_resume(fresh, last, cfg) == 2  # fits: no error, the step, and nothing loaded
     changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, before[k])]
     assert not changed
-    other = build_module(
-        compose_config(ROOT / "conf", "train", [*TINY, "logger=none", "model.base_channels=16"], tmp_path)
+    other_cfg = compose_config(
+        ROOT / "conf", "train", [*TINY, "logger=none", "model.base_channels=16"], tmp_path
     )
-    with pytest.raises(
-        ConfigError, match="does not match the model of this run's config \\(size mismatch for"
-    ):
-        check_resume(other, last)
+    with pytest.raises(ConfigError, match="model.base_channels 8 in the checkpoint, 16 now"):
+        check_resume(build_module(other_cfg), last, other_cfg)
+
+
+def test_changed_settings_name_what_defines_the_model_and_nothing_else():
+    from ddpm.checkpoint import changed_settings
+
+    stored = {
+        "model": {"base_channels": 32, "channels_last": True, "num_classes": None},
+        "schedule": {"name": "linear", "num_timesteps": 1000, "beta_end": 0.02},
+        "diffusion": {
+            "objective": "x0",
+            "var_type": "fixed_large",
+            "self_condition": False,
+            "t_sampling": "lognormal",
+        },
+        "optim": {"lr": 1e-3},
+    }
+    same = {k: dict(v) for k, v in stored.items()}
+    assert changed_settings(stored, same) == []
+    free = {**same, "optim": {"lr": 5e-4}, "model": {**same["model"], "channels_last": False}}
+    free["diffusion"] = {
+        **same["diffusion"],
+        "t_sampling": "uniform",
+    }  # the recipe may change, the process not
+    assert changed_settings(stored, free) == []
+    changed = {
+        **same,
+        "model": {**same["model"], "num_classes": 10},
+        "schedule": {**same["schedule"], "beta_end": 0.01},
+        "diffusion": {**same["diffusion"], "var_type": "fixed_small"},
+    }
+    assert changed_settings(stored, changed) == [
+        "model.num_classes None in the checkpoint, 10 now",
+        "schedule.beta_end 0.02 in the checkpoint, 0.01 now",
+        "diffusion.var_type 'fixed_large' in the checkpoint, 'fixed_small' now",
+    ]
+    # a setting the checkpoint's config predates is not a change; one the run drops is
+    assert changed_settings({"model": {}}, {"model": {"scale_shift_norm": False}}) == []
+    assert changed_settings({"model": {"dropout": 0.1}}, {"model": {}}) == [
+        "model.dropout 0.1 in the checkpoint, 'unset' now"
+    ]
 
 
 class RecordSaves(L.Callback):

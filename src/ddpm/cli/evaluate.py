@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
-from ddpm.cli.errors import exit_on_config_error
+from ddpm.cli.errors import check_writable, run_job
 from ddpm.config import CONFIG_DIR
 from ddpm.diffusion import SAMPLERS, Sampler
 from ddpm.diffusion.self_conditioning import refined
@@ -29,19 +29,18 @@ from ddpm.metrics import fid_key, guidance_table, install_reference, make_fid, n
 from ddpm.metrics.classifier import load_or_train_classifier, predict
 from ddpm.metrics.kid import format_kid
 from ddpm.progress import progress_bar
+from ddpm.schema import check_evaluate
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "nll")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
+    check_evaluate(cfg)  # ranges; the types were checked when Hydra composed the config (ddpm.schema)
+    check_writable(Path(cfg.output_file).parent, "output_file")
     retain_freed_memory()  # no page faults on each batch's activations: see ddpm.host_memory
-    unknown = [m for m in cfg.metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metrics {unknown}: choose from {', '.join(METRICS)}")
     sweep = cfg.get("sweep") or {}
     if (sweep.get("samplers") or sweep.get("guidance")) and "fid" not in cfg.metrics:
         raise ConfigError("a sweep needs the fid metric: add fid to metrics (metrics=[fid])")
@@ -199,12 +198,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def check_guidance(cfg: DictConfig, sweep: DictConfig, conditional: bool) -> list[float]:
     """The guidance scales of sweep.guidance (empty: no guidance sweep); ConfigError for guidance asked of an
-    unconditional checkpoint or a negative scale."""
+    unconditional checkpoint (their values were checked by check_evaluate)."""
     asked = list(sweep.get("guidance") or [])
     asked_one = [cfg.guidance] if cfg.get("guidance") is not None else []
-    for w in asked + asked_one:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-            raise ConfigError(f"guidance scales must be numbers >= 0, got {w!r}")
     if (asked or asked_one) and not conditional:
         raise ConfigError(
             f"guidance needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: drop guidance "
@@ -340,4 +336,6 @@ def _print(results: dict[str, Any], path: Path) -> None:
 
 
 def main(cfg: DictConfig) -> Any:
-    return exit_on_config_error(lambda: evaluate(cfg))
+    return run_job(
+        lambda: evaluate(cfg), interrupted="interrupted: evaluation stopped, no metrics were written"
+    )

@@ -12,11 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
-from ddpm.cli.errors import exit_on_config_error
+from ddpm.cli.errors import check_writable, run_job
 from ddpm.errors import ConfigError
 from ddpm.host_memory import retain_freed_memory
 from ddpm.images import save_grid, to_uint8
 from ddpm.progress import progress_bar
+from ddpm.schema import check_sample
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
+    check_sample(cfg)  # ranges; the types were checked when Hydra composed the config (ddpm.schema)
+    out = check_writable(Path(cfg.output_dir), "output_dir")
     retain_freed_memory()  # no page faults on each batch's activations: see ddpm.host_memory
-    if cfg.n < 1 or cfg.batch_size < 1:
-        raise ConfigError("n and batch_size must be at least 1")
     module, run_cfg = load_checkpoint(cfg.ckpt_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
@@ -39,8 +40,6 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             f"guidance={guidance} needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: "
             "drop guidance (or train with condition=class)"
         )
-    if guidance is not None and guidance < 0:
-        raise ConfigError(f"guidance must be >= 0, got {guidance}")
     n_total = cfg.n if labels is None else len(labels)
     if (
         module.num_classes is not None and labels is None
@@ -64,8 +63,6 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         log.info("sampled %d / %d images", start + n, n_total)
     images = torch.cat(chunks).cpu()
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images.permute(0, 2, 3, 1).numpy()}
     if module.num_classes is not None:
         arrays["labels"] = labels.numpy()
@@ -108,4 +105,4 @@ def requested_labels(cfg: DictConfig, num_classes: int | None) -> tuple[torch.Te
 
 
 def main(cfg: DictConfig) -> Any:
-    return exit_on_config_error(lambda: sample(cfg))
+    return run_job(lambda: sample(cfg), interrupted="interrupted: sampling stopped, no images were written")

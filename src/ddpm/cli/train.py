@@ -24,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.build import build_diffusion, build_module, build_sampler
 from ddpm.checkpoint import check_resume, find_last_checkpoint
-from ddpm.cli.errors import exit_on_config_error
+from ddpm.cli import run_record
+from ddpm.cli.errors import run_job
 from ddpm.errors import CONFIG_MISTAKES, ConfigError, building
 from ddpm.host_memory import retain_freed_memory
-from ddpm.training import RunClock, SampleFID
+from ddpm.schema import check_train
+from ddpm.training import LastCheckpoint, RunClock, SampleFID
 
 log = logging.getLogger(__name__)
 
@@ -47,74 +49,32 @@ logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").a
 )
 
 
-# the numeric and switch values a user sets most, with their type: a wrong type stops the run with the key's name
-INTEGER, NUMBER, BOOLEAN = "an integer", "a number", "true or false"
-TYPED_KEYS = {
-    "seed": INTEGER,
-    "data.batch_size": INTEGER,
-    "data.eval_batch_size": INTEGER,
-    "data.global_batch_size": INTEGER,
-    "data.image_size": INTEGER,
-    "data.num_workers": INTEGER,
-    "data.val_fraction": NUMBER,
-    "data.val_loss_n": INTEGER,
-    "schedule.num_timesteps": INTEGER,
-    "model.base_channels": INTEGER,
-    "model.num_res_blocks": INTEGER,
-    "model.num_heads": INTEGER,
-    "model.num_groups": INTEGER,
-    "model.dropout": NUMBER,
-    "optim.lr": NUMBER,
-    "optim.weight_decay": NUMBER,
-    "optim.eps": NUMBER,
-    "optim.warmup_steps": INTEGER,
-    "optim.final_lr_ratio": NUMBER,
-    "ema.decay": NUMBER,
-    "diffusion.snr_gamma": NUMBER,
-    "diffusion.vlb_weight": NUMBER,
-    "diffusion.log_sigma_mean": NUMBER,
-    "diffusion.log_sigma_std": NUMBER,
-    "diffusion.stf_reference": INTEGER,
-    "trainer.max_steps": INTEGER,
-    "trainer.val_check_interval": NUMBER,
-    "trainer.accumulate_grad_batches": INTEGER,
-    "trainer.log_every_n_steps": INTEGER,
-    "trainer.gradient_clip_val": NUMBER,
-    "diffusion.clip_denoised": BOOLEAN,
-    "diffusion.self_condition": BOOLEAN,
-    "model.scale_shift_norm": BOOLEAN,
-    "model.channels_last": BOOLEAN,
-}
-
-
-def check_types(cfg: DictConfig) -> None:
-    """Each value of TYPED_KEYS that is set must be of its type (null is allowed: it means 'not set')."""
-    for key, kind in TYPED_KEYS.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if kind == BOOLEAN:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be {kind}, got {value!r}: set it like {key}=true")
-            continue
-        ok = isinstance(value, int) if kind == INTEGER else isinstance(value, (int, float))
-        if not ok or isinstance(value, bool):
-            raise ConfigError(f"{key} must be {kind}, got {value!r}: set it like {key}=<{kind.split()[-1]}>")
-
-
 def check_config(cfg: DictConfig) -> None:
     """Checks that need no building: catch what would otherwise fail hours into a run."""
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
-    check_types(cfg)
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    check_train(cfg)  # ranges; the types were checked when Hydra composed the config (ddpm.schema)
     check_optimized_metric(cfg)
+    diffusion = build_diffusion(cfg)
+    check_forgets_the_data(diffusion, cfg.schedule)
     # the validation sampler (grid, FID) is built at each validation: build it once now to check its node
-    build_sampler(build_diffusion(cfg), cfg.sampler)
+    build_sampler(diffusion, cfg.sampler)
+
+
+# alphabar_T above this leaves sqrt(alphabar_T) > 0.1 of the data in x_T, which the sampler's x_T ~ N(0, I) lacks
+MAX_ALPHABAR_T = 0.01
+
+
+def check_forgets_the_data(diffusion, schedule: DictConfig) -> None:
+    """x_T must be (nearly) pure noise, as the sampler's start x_T ~ N(0, I) assumes: alphabar_T <= MAX_ALPHABAR_T."""
+    alphabar_T = float(diffusion.alphas_cumprod[-1])
+    if alphabar_T > MAX_ALPHABAR_T:
+        raise ConfigError(
+            f"schedule {schedule.name} with schedule.num_timesteps={schedule.num_timesteps} ends at alphabar_T = "
+            f"{alphabar_T:.3g}: x_T still shows the data (at most {MAX_ALPHABAR_T} is noise enough): use more "
+            "timesteps (e.g. schedule.num_timesteps=1000) or a larger schedule.beta_end"
+        )
 
 
 def sweeper_optimises() -> bool:
@@ -122,7 +82,7 @@ def sweeper_optimises() -> bool:
     (Hydra's basic sweeper) and a single run need no return value."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
-    return not str(HydraConfig.get().sweeper.get("_target_", "")).endswith("BasicSweeper")
+    return not str(HydraConfig.get().sweeper.get("_target_", "")).endswith(("BasicSweeper", "GridSweeper"))
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
@@ -159,6 +119,30 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:  # before building the network: the seed fixes the initial weights
         L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
+    ckpt_path = resume_path(cfg)
+    resumed_step = None
+    if ckpt_path is not None:  # before any logger or callback writes a file
+        try:
+            resumed_step = check_resume(module, ckpt_path, cfg)
+        except ConfigError:
+            run_record.restore()  # the folder's .hydra/ record describes the run its checkpoint holds, as before
+            raise
+        max_steps = cfg.trainer.get("max_steps", -1)
+        if max_steps is not None and 0 < max_steps <= resumed_step:
+            log.warning(
+                "nothing left to train: %s is at step %d and trainer.max_steps=%d; raise trainer.max_steps to train on",
+                ckpt_path,
+                resumed_step,
+                max_steps,
+            )
+            return None
+        own = Path(cfg.paths.output_dir) in Path(ckpt_path).resolve().parents
+        log.info(
+            "resuming %sfrom %s at step %d",
+            "the run in this folder " if own else "",
+            ckpt_path,
+            resumed_step,
+        )
 
     callbacks = [
         building(f"callbacks.{name}", lambda c=c: hydra.utils.instantiate(c))
@@ -179,10 +163,7 @@ def train(cfg: DictConfig) -> float | None:
         mistakes=(*CONFIG_MISTAKES, MisconfigurationException),  # e.g. Trainer(devices=0)
     )
     datamodule.configure_batch(trainer.world_size, trainer.accumulate_grad_batches)
-    ckpt_path = resume_path(cfg)
-    if ckpt_path is not None:
-        check_resume(module, ckpt_path)
-        log.info("resuming from %s", ckpt_path)
+    datamodule.check_batches(trainer.world_size)
     for lg in loggers:
         lg.log_hyperparams({"model/params": module.num_parameters})
     log.info("model: %s, %.2fM parameters", cfg.model._target_, module.num_parameters / 1e6)
@@ -192,7 +173,20 @@ def train(cfg: DictConfig) -> float | None:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:
+            if resumed_step is not None and trainer.global_step == resumed_step:
+                log.warning(
+                    "nothing left to train: the run resumed at step %d had already reached its end "
+                    "(trainer.max_steps, trainer.max_time or max_epochs): raise it to train on",
+                    resumed_step,
+                )
             report_run(trainer, Path(cfg.paths.output_dir), time.monotonic() - start)
+    except (
+        SIGTERMException
+    ):  # LastCheckpoint saved the run: say so, and exit as a process ended by the signal does
+        stop = next((cb for cb in callbacks if isinstance(cb, LastCheckpoint)), None)
+        if trainer.is_global_zero and stop is not None and stop.saved is not None:
+            log.warning(stop.stopped_message(trainer.global_step))
+        raise SystemExit(128 + (stop.stop_signal if stop and stop.stop_signal else signal.SIGTERM)) from None
     finally:  # a sweep runs its jobs in one process: each job's W&B run must end before the next starts
         if trainer.is_global_zero and any(isinstance(lg, WandbLogger) for lg in loggers) and wandb.run:
             wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
@@ -312,8 +306,4 @@ def name_sweep_job(cfg: DictConfig) -> None:
 
 def main(cfg: DictConfig) -> Any:
     """Entry point called by the root train.py (decorated there with @hydra.main)."""
-    try:
-        return exit_on_config_error(lambda: train(cfg))
-    except SIGTERMException:
-        # LastCheckpoint saved the run: exit as a terminated process does (128 + 15)
-        raise SystemExit(128 + signal.SIGTERM) from None
+    return run_job(lambda: train(cfg), interrupted="interrupted before training started: nothing was saved")

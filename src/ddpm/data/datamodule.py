@@ -121,6 +121,16 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = self.global_batch_size // shards
         return self.batch_size
 
+    def check_batches(self, world_size: int) -> None:
+        """Refuse a training split too small for one batch per process (batches are whole: nothing would train)."""
+        self.setup("fit")
+        per_process = len(self.train_set) // world_size
+        if per_process < self.batch_size:
+            raise ConfigError(
+                f"the training split has {len(self.train_set)} images, fewer than one batch of data.batch_size="
+                f"{self.batch_size} for each of {world_size} process(es): add images or lower data.batch_size"
+            )
+
     def check(self) -> None:
         """Raise ConfigError now, before a trainer or logger exists, if the data cannot be loaded."""
         check_source(self.source, self.root, self.channels, self.download)

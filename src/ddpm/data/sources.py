@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from ddpm.data.image_check import check_images
 from ddpm.errors import ConfigError
 
 SOURCES = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
@@ -200,7 +201,7 @@ def check_source(name: str, root: str, channels: int, download: bool = False) ->
         if not download:
             _torchvision_split(name, root, train=False, download=False)
     else:
-        image_files(root)
+        check_images(root, image_files(root))
 
 
 def build_datasets(

@@ -177,6 +177,19 @@ class DiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """The learning rate of the first step is this run's: optim.lr of its config (which may change on resume, while
+        the scheduler state in a checkpoint carries the old one) at this step's progress (a checkpoint carries the rate
+        its scheduler computed for the end of its own run: zero, when that run ended at its max_time or max_steps)."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [float(self.hparams.lr)] * len(scheduler.base_lrs)
+            groups = scheduler.optimizer.param_groups
+            for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+                group["initial_lr"] = float(self.hparams.lr)
+                group["lr"] = float(self.hparams.lr) * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in groups]
+
     # ------------------------------------------------------------------ validation: held-out loss with EMA weights
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         """L_simple of the EMA network on held-out images, with t and eps fixed per batch so curves are comparable."""
