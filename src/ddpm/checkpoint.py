@@ -19,6 +19,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     mmap=True maps the tensors instead of reading them: their shapes are known at once, their bytes are read only
     when touched."""
     p = Path(str(path)).expanduser()
+    if p.is_dir():
+        raise ConfigError(
+            f"checkpoint {p} is a folder: set ckpt_path to a .ckpt file written by train.py, e.g. "
+            f"{p / 'checkpoints' / 'last.ckpt'}"
+        )
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist: set ckpt_path to a .ckpt file written by train.py")
     try:

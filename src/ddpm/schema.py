@@ -351,6 +351,13 @@ def check_train(cfg: DictConfig) -> None:
     ):
         _at_least(cfg, key, 1)
     _at_least(cfg, "trainer.log_every_n_steps", 1)
+    for key in ("seed", "optim.warmup_steps", "data.num_workers", "data.split_seed"):
+        _at_least(cfg, key, 0)
+    for key in ("data.eval_batch_size", "data.global_batch_size"):  # null: derived
+        _at_least(cfg, key, 1)
+    max_steps = cfg.trainer.max_steps
+    if max_steps == 0 or max_steps < -1:
+        raise ConfigError(f"trainer.max_steps must be at least 1 (or -1: no limit), got {max_steps}")
     if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr}")
     if not 0 <= cfg.ema.decay < 1:
@@ -374,6 +381,7 @@ def check_sample(cfg: DictConfig) -> None:
     check_sampler(cfg.sampler)
     for key in ("n", "batch_size", "per_class"):
         _at_least(cfg, key, 1)
+    _at_least(cfg, "seed", 0)
     _finite_non_negative("guidance", cfg.guidance)
 
 
@@ -382,6 +390,8 @@ METRICS = ("fid", "nll")
 
 def check_evaluate(cfg: DictConfig) -> None:
     check_sampler(cfg.sampler)
+    if not cfg.metrics:
+        raise ConfigError(f"metrics is empty: choose from {', '.join(METRICS)}, like metrics=[fid,nll]")
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise ConfigError(
@@ -390,6 +400,8 @@ def check_evaluate(cfg: DictConfig) -> None:
     _at_least(cfg, "fid.n", 2, " (FID needs a covariance)")
     for key in ("fid.batch_size", "nll.n", "nll.batch_size", "classifier.epochs"):
         _at_least(cfg, key, 1)
+    for key in ("fid.seed", "nll.seed"):
+        _at_least(cfg, key, 0)
     _at_least(cfg, "fid.reference_n", 2, " (FID needs a covariance)")
     _finite_non_negative("guidance", cfg.guidance)
     for w in cfg.sweep.guidance:

@@ -95,6 +95,16 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
             "error: schedule linear with schedule.num_timesteps=1 ends at alphabar_T = 0.9: x_T still shows the data",
         ),
         (["optim.lrr=0.1"], "error: optim.lrr is not a setting here: check its spelling"),
+        (["trainer.max_steps=0"], "error: trainer.max_steps must be at least 1 (or -1: no limit), got 0"),
+        (["seed=-1"], "error: seed must be at least 0, got -1"),
+        pytest.param(
+            ["data.num_workers=-1"], "error: data.num_workers must be at least 0", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            ["callbacks.sample_grid.n=0"],
+            "error: invalid callbacks.sample_grid config: the sample grid needs n >= 1 images, got n=0",
+            marks=pytest.mark.slow,
+        ),
         (["model.num_heads=3"], "not divisible by num_heads=3"),
         (["data.batch_size=abc"], "error: data.batch_size must be an integer, got 'abc'"),
         (["optim.lr=fast"], "error: optim.lr must be a number, got 'fast'"),

@@ -380,6 +380,9 @@ NO_CKPT = "ckpt_path=/no/such/run/last.ckpt"  # every check below comes before t
         ),
         ("evaluate.py", "metrics=nll", "metrics must be a list, got 'nll': set it like metrics=[nll]"),
         pytest.param(
+            "evaluate.py", "metrics=[]", "metrics is empty: choose from fid, nll", marks=pytest.mark.slow
+        ),
+        pytest.param(
             "evaluate.py",
             "metrics=[nll,bpd]",
             "unknown metrics ['bpd']: choose from fid, nll",

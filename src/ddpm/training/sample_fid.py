@@ -47,8 +47,8 @@ class SampleFID(L.Callback):
         at_train_end: bool = False,
         required: bool = True,
     ) -> None:
-        if n < 2:
-            raise ValueError(f"FID needs at least 2 samples, got n={n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"FID needs n >= 2 samples, got n={n!r}")
         if every_n_validations < 0:
             raise ValueError(f"every_n_validations must be 0 (never) or more, got {every_n_validations}")
         self.n, self.batch_size, self.seed = n, batch_size, seed

@@ -39,6 +39,8 @@ class SampleGrid(L.Callback):
         dirpath: str | None = None,
         every_n_validations: int = 1,
     ) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"the sample grid needs n >= 1 images, got n={n!r}")
         self.n, self.sampler = n, dict(sampler or DEFAULT_SAMPLER)
         self.seed, self.dirpath, self.every_n_validations = seed, dirpath, every_n_validations
         self._validations = 0
