@@ -103,6 +103,7 @@ def test_bad_conditional_input_is_one_sentence(conditional, tmp_path):
     )
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_guidance_or_labels_on_an_unconditional_checkpoint_are_refused(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     ckpt = train_tiny(tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tests.helpers.cli import TINY, TINY_FID, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
@@ -58,6 +60,7 @@ def test_evaluate_bad_checkpoint_is_one_sentence(tmp_path):
     assert proc.returncode == 2 and "could not be read" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_the_quality_vs_nfe_sweep_writes_table_csv_plot_and_wandb(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     ckpt = train_tiny(tmp_path)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from ddpm.checkpoint import read_checkpoint
@@ -52,6 +53,7 @@ def kill_when(proc: subprocess.Popen, marker, delay: float = 0.0, timeout: float
     return True
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_sigkill_at_any_moment_leaves_a_checkpoint_that_resumes(tmp_path):
     run, markers = tmp_path / "run", tmp_path / "markers"
     markers.mkdir()

@@ -6,6 +6,7 @@ import csv
 import signal
 import time
 
+import pytest
 import torch
 
 from ddpm.training import ema_decay_at
@@ -80,6 +81,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_one_sentence(run_train, tm
     assert "model.base_channels 8 in the checkpoint, 16 now" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_a_run_stopped_and_resumed_through_the_cli_ends_where_the_uninterrupted_one_does(tmp_path):
     """With the default cosine decay (tied to max_steps) and EMA: SIGTERM at step 3 of 6, resume in the same folder."""
     args = [
@@ -108,6 +110,7 @@ def test_a_run_stopped_and_resumed_through_the_cli_ends_where_the_uninterrupted_
         torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_a_max_time_run_resumes_with_its_clock_and_its_decay(tmp_path):
     """The cosine decay of a run bounded by trainer.max_time follows the run's clock, which a resume continues."""
     run = tmp_path / "run"

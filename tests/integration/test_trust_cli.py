@@ -26,6 +26,11 @@ from tests.helpers.paths import ROOT
 QUIET = [*TINY, "logger=none", "~callbacks.sample_grid"]
 
 
+def slow(*values):
+    """A parametrized case kept out of the default suite (CI runs it with make test-slow)."""
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A TINY run trained once (4 steps); tests work on copies of its folder (`copy_run`)."""
@@ -116,21 +121,9 @@ def test_an_optuna_study_records_a_diverging_trial_as_failed_and_goes_on(tmp_pat
     [
         ("diffusion=eps", "diffusion.objective 'x0' in the checkpoint, 'eps' now"),
         ("schedule.num_timesteps=50", "schedule.num_timesteps 100 in the checkpoint, 50 now"),
-        pytest.param(
-            "schedule=cosine",
-            "schedule.name 'linear' in the checkpoint, 'cosine' now",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            "model.num_res_blocks=2",
-            "model.num_res_blocks 1 in the checkpoint, 2 now",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            "diffusion.self_condition=true",
-            "diffusion.self_condition False in the checkpoint, True now",
-            marks=pytest.mark.slow,
-        ),
+        slow("schedule=cosine", "schedule.name 'linear' in the checkpoint, 'cosine' now"),
+        slow("model.num_res_blocks=2", "model.num_res_blocks 1 in the checkpoint, 2 now"),
+        slow("diffusion.self_condition=true", "diffusion.self_condition False in the checkpoint, True now"),
     ],
 )
 def test_resume_refuses_a_changed_model_before_writing_anything(trained, tmp_path, change, named):
@@ -291,7 +284,7 @@ FOLDER = [
 ]
 
 
-@pytest.mark.parametrize("bad", ["truncated", pytest.param("text", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("bad", ["truncated", slow("text")])
 def test_an_image_folder_with_a_bad_file_is_refused_before_training(tmp_path, bad, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = image_folder(tmp_path / "images", 24)
@@ -334,73 +327,28 @@ NO_CKPT = "ckpt_path=/no/such/run/last.ckpt"  # every check below comes before t
     ("script", "override", "message"),
     [
         ("sample.py", "n=abc", "n must be an integer, got 'abc': set it like n=8"),
-        pytest.param("sample.py", "n=2.5", "n must be an integer, got 2.5", marks=pytest.mark.slow),
+        slow("sample.py", "n=2.5", "n must be an integer, got 2.5"),
         ("sample.py", "n=0", "n must be at least 1, got 0"),
-        pytest.param("sample.py", "seed=abc", "seed must be an integer, got 'abc'", marks=pytest.mark.slow),
-        pytest.param(
-            "sample.py", "per_class=abc", "per_class must be an integer, got 'abc'", marks=pytest.mark.slow
-        ),
-        pytest.param(
-            "sample.py", "guidance=abc", "guidance must be a number, got 'abc'", marks=pytest.mark.slow
-        ),
+        slow("sample.py", "seed=abc", "seed must be an integer, got 'abc'"),
+        slow("sample.py", "per_class=abc", "per_class must be an integer, got 'abc'"),
+        slow("sample.py", "guidance=abc", "guidance must be a number, got 'abc'"),
         ("sample.py", "guidance=nan", "guidance must be a finite number >= 0 (0: no guidance), got nan"),
-        pytest.param(
-            "sample.py",
-            "guidance=inf",
-            "guidance must be a finite number >= 0 (0: no guidance), got inf",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            "sample.py",
-            "guidance=-1",
-            "guidance must be a finite number >= 0 (0: no guidance), got -1.0",
-            marks=pytest.mark.slow,
-        ),
+        slow("sample.py", "guidance=inf", "guidance must be a finite number >= 0 (0: no guidance), got inf"),
+        slow("sample.py", "guidance=-1", "guidance must be a finite number >= 0 (0: no guidance), got -1.0"),
         ("sample.py", "use_ema=maybe", "use_ema must be true or false, got 'maybe'"),
         ("sample.py", "sampler=heun", "unknown option sampler=heun: choose one of ddim, ddpm, dpm_solver_pp"),
-        pytest.param(
-            "sample.py",
-            "sampler.steps=abc",
-            "sampler.steps must be an integer, got 'abc'",
-            marks=pytest.mark.slow,
-        ),
+        slow("sample.py", "sampler.steps=abc", "sampler.steps must be an integer, got 'abc'"),
         ("evaluate.py", "nll.n=0", "nll.n must be at least 1, got 0"),
-        pytest.param(
-            "evaluate.py", "nll.n=abc", "nll.n must be an integer, got 'abc'", marks=pytest.mark.slow
-        ),
-        pytest.param(
-            "evaluate.py",
-            "fid.n=0",
-            "fid.n must be at least 2 (FID needs a covariance), got 0",
-            marks=pytest.mark.slow,
-        ),
+        slow("evaluate.py", "nll.n=abc", "nll.n must be an integer, got 'abc'"),
+        slow("evaluate.py", "fid.n=0", "fid.n must be at least 2 (FID needs a covariance), got 0"),
         ("evaluate.py", "fid.n=1", "fid.n must be at least 2 (FID needs a covariance), got 1"),
-        pytest.param(
-            "evaluate.py", "fid.n=abc", "fid.n must be an integer, got 'abc'", marks=pytest.mark.slow
-        ),
+        slow("evaluate.py", "fid.n=abc", "fid.n must be an integer, got 'abc'"),
         ("evaluate.py", "metrics=nll", "metrics must be a list, got 'nll': set it like metrics=[nll]"),
-        pytest.param(
-            "evaluate.py", "metrics=[]", "metrics is empty: choose from fid, nll", marks=pytest.mark.slow
-        ),
-        pytest.param(
-            "evaluate.py",
-            "metrics=[nll,bpd]",
-            "unknown metrics ['bpd']: choose from fid, nll",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            "evaluate.py",
-            "use_ema=maybe",
-            "use_ema must be true or false, got 'maybe'",
-            marks=pytest.mark.slow,
-        ),
+        slow("evaluate.py", "metrics=[]", "metrics is empty: choose from fid, nll"),
+        slow("evaluate.py", "metrics=[nll,bpd]", "unknown metrics ['bpd']: choose from fid, nll"),
+        slow("evaluate.py", "use_ema=maybe", "use_ema must be true or false, got 'maybe'"),
         ("evaluate.py", "guidance=nan", "guidance must be a finite number >= 0 (0: no guidance), got nan"),
-        pytest.param(
-            "evaluate.py",
-            "sweep.guidance=[1,inf]",
-            "sweep.guidance must be a finite number >= 0",
-            marks=pytest.mark.slow,
-        ),
+        slow("evaluate.py", "sweep.guidance=[1,inf]", "sweep.guidance must be a finite number >= 0"),
     ],
 )
 def test_a_bad_input_of_sample_or_evaluate_is_one_sentence_before_any_work(

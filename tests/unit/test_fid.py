@@ -33,6 +33,7 @@ class UInt8Set(torch.utils.data.Dataset):
         return self.x[i]
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_fid_equals_torch_fidelity(fid_weights, digits):
     real, fake = digits
     metric = make_fid(fid_weights)
@@ -134,6 +135,7 @@ def test_reference_cache_is_keyed_by_the_images_not_the_folder_size(fid_weights,
     assert len(list(cache.glob("*.pt"))) == 2
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_kid_equals_torch_fidelity_from_the_same_inception_pass(fid_weights, digits):
     """KID with every subset the whole set (subset size = N): no sampling difference, so the values must agree."""
     real, fake = digits
