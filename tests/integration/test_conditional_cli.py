@@ -113,7 +113,7 @@ def test_guidance_or_labels_on_an_unconditional_checkpoint_are_refused(tmp_path,
     assert "needs a class-conditional checkpoint" in _refused(
         "sample.py", f"ckpt_path={ckpt}", "labels=all", cwd=tmp_path
     )
-    assert "guidance needs a class-conditional checkpoint" in _refused(
+    assert "sweep.guidance=[0.0, 1.0] needs a class-conditional checkpoint" in _refused(
         "evaluate.py", f"ckpt_path={ckpt}", "metrics=[fid]", "sweep.guidance=[0,1]", cwd=tmp_path
     )
 

@@ -177,3 +177,26 @@ def test_one_ddpm_step_is_the_data_prediction_at_t1(diffusion):
     t = torch.zeros(2, dtype=torch.long)
     expected = diffusion.predict_x0_from_eps(x, t, CountingModel()(x, t))
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_the_grid_fid_sample_and_evaluate_sample_with_the_one_sampler_group_node(tmp_path):
+    """The validation grid, the validation FID, sample.py and evaluate.py build their sampler from the same node of
+    conf/sampler, and the callbacks have no default of their own that could differ from it."""
+    from omegaconf import OmegaConf
+
+    from ddpm.config import compose_config
+    from ddpm.training import SampleFID, SampleGrid
+    from tests.helpers.paths import ROOT
+
+    train = compose_config(ROOT / "conf", "train", [], tmp_path)
+    node = OmegaConf.to_container(train.sampler, resolve=True)
+    assert node["spacing"] == "uniform"  # the one that a copy of the default in code once left out
+    assert OmegaConf.to_container(train.callbacks.sample_grid.sampler, resolve=True) == node
+    assert OmegaConf.to_container(train.callbacks.fid.sampler, resolve=True) == node
+    for app in ("sample", "evaluate"):
+        other = compose_config(ROOT / "conf", app, ["ckpt_path=x.ckpt"], tmp_path)
+        assert OmegaConf.to_container(other.sampler, resolve=True) == node
+    with pytest.raises(TypeError, match="sampler"):
+        SampleGrid()
+    with pytest.raises(TypeError, match="sampler"):
+        SampleFID()

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -18,9 +19,10 @@ from torch.utils.data import DataLoader, Subset
 
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
+from ddpm.cli.conditional import refuse_unless_conditional
 from ddpm.cli.errors import check_writable, run_job
-from ddpm.config import CONFIG_DIR
 from ddpm.diffusion import SAMPLERS, Sampler
+from ddpm.diffusion.guidance import spread_labels
 from ddpm.diffusion.self_conditioning import refined
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
@@ -50,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     module, run_cfg = load_checkpoint(cfg.ckpt_path)
     conditional = module.num_classes is not None
-    guidances = check_guidance(cfg, sweep, conditional)
+    guidances = check_guidance(cfg, sweep, module.num_classes)
     samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
@@ -85,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 kwargs = {}
                 if conditional:
-                    labels = torch.arange(count) % module.num_classes
+                    labels = spread_labels(count, module.num_classes)
                     kwargs = {"labels": labels, "guidance": guidance}
                 images = module.sample(
                     sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar, **kwargs
@@ -196,16 +198,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def check_guidance(cfg: DictConfig, sweep: DictConfig, conditional: bool) -> list[float]:
+def check_guidance(cfg: DictConfig, sweep: DictConfig, num_classes: int | None) -> list[float]:
     """The guidance scales of sweep.guidance (empty: no guidance sweep); ConfigError for guidance asked of an
-    unconditional checkpoint (their values were checked by check_evaluate)."""
+    unconditional checkpoint (the values themselves were checked by check_evaluate)."""
     asked = list(sweep.get("guidance") or [])
-    asked_one = [cfg.guidance] if cfg.get("guidance") is not None else []
-    if (asked or asked_one) and not conditional:
-        raise ConfigError(
-            f"guidance needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: drop guidance "
-            "and sweep.guidance (or train with condition=class)"
-        )
+    refuse_unless_conditional(
+        cfg.ckpt_path, num_classes, {"guidance": cfg.get("guidance"), "sweep.guidance": asked}
+    )
     return [float(w) for w in asked]
 
 
@@ -228,7 +227,7 @@ def write_guidance_sweep(results: dict[str, Any], folder: Path) -> dict[str, str
 
 def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple[str, int], Sampler]:
     """Every (sampler, steps) cell of the sweep, built (so every mistake is found) before any sampling. Each cell is
-    conf/sampler/<name>.yaml with its steps, and the run's sampler.compile."""
+    the sampler group's option <name> with its steps, and the run's sampler.compile."""
     names, steps = list(sweep.samplers), list(sweep.get("steps") or [])
     unknown = [n for n in names if n not in SAMPLERS]
     if unknown:
@@ -240,8 +239,8 @@ def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple
             f"sweep.steps must be a list of whole numbers of steps, e.g. [5,10,20], got {steps}"
         )
     cells = {}
-    for name in names:
-        node = OmegaConf.load(CONFIG_DIR / "sampler" / f"{name}.yaml")
+    for name in names:  # the group option as Hydra composes it for this app (its search path, its schema)
+        node = compose(config_name="evaluate", overrides=[f"sampler={name}"]).sampler
         node.compile = bool(base.get("compile", False))
         for s in steps:
             node.steps = s

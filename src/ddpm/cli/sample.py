@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
+from ddpm.cli.conditional import refuse_unless_conditional
 from ddpm.cli.errors import check_writable, run_job
+from ddpm.diffusion.guidance import spread_labels
 from ddpm.errors import ConfigError
 from ddpm.host_memory import retain_freed_memory
 from ddpm.images import save_grid, to_uint8
@@ -33,18 +35,16 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     sampler = build_sampler(module.diffusion, cfg.sampler)
+    refuse_unless_conditional(
+        cfg.ckpt_path, module.num_classes, {"labels": cfg.labels, "guidance": cfg.guidance}
+    )
     labels, nrow = requested_labels(cfg, module.num_classes)
     guidance = cfg.get("guidance")
-    if module.num_classes is None and guidance:
-        raise ConfigError(
-            f"guidance={guidance} needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: "
-            "drop guidance (or train with condition=class)"
-        )
     n_total = cfg.n if labels is None else len(labels)
     if (
         module.num_classes is not None and labels is None
     ):  # the classes spread evenly over all n, across batches
-        labels = torch.arange(n_total) % module.num_classes
+        labels = spread_labels(n_total, module.num_classes)
 
     chunks = []
     for start in range(0, n_total, cfg.batch_size):
@@ -83,12 +83,10 @@ def requested_labels(cfg: DictConfig, num_classes: int | None) -> tuple[torch.Te
     """(labels, grid row length) of `labels`: null (the default spread), a list of classes, or `all` (per_class
     images of every class, one grid row per class); ConfigError for labels outside the model's classes."""
     spec = cfg.get("labels")
-    if spec is None:
+    if (
+        spec is None or num_classes is None
+    ):  # (labels of an unconditional checkpoint: refuse_unless_conditional)
         return None, None
-    if num_classes is None:
-        raise ConfigError(
-            f"labels={spec} needs a class-conditional checkpoint, and {cfg.ckpt_path} is unconditional: drop labels"
-        )
     if spec == "all":
         if cfg.per_class < 1:
             raise ConfigError("per_class must be at least 1")

@@ -18,6 +18,11 @@ from torch import Tensor
 ConditionalNet = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+def spread_labels(n: int, num_classes: int) -> Tensor:
+    """Labels for n images with the classes spread evenly: image i is class i mod num_classes."""
+    return torch.arange(n) % num_classes
+
+
 def drop_labels(
     labels: Tensor, p_uncond: float, null_class: int, generator: torch.Generator | None = None
 ) -> Tensor:

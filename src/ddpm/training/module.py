@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
 from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
-from ddpm.diffusion.guidance import ClassConditioned, drop_labels
+from ddpm.diffusion.guidance import ClassConditioned, drop_labels, spread_labels
 from ddpm.diffusion.self_conditioning import SelfConditioned
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.finite_loss import FiniteLossCheck, NonFiniteLossError
@@ -231,7 +231,7 @@ class DiffusionModule(L.LightningModule):
                 )
         else:
             if labels is None:
-                labels = torch.arange(n) % self.num_classes
+                labels = spread_labels(n, self.num_classes)
             labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
             if labels.shape != (n,):
                 raise ValueError(

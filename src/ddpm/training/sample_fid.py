@@ -11,8 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ddpm.diffusion import make_sampler
 from ddpm.metrics import fid_key, install_reference, local_weights, make_fid, score_samples
-from ddpm.training.sample_grid import DEFAULT_SAMPLER, sampler_of
 
 
 class SampleFID(L.Callback):
@@ -35,8 +35,8 @@ class SampleFID(L.Callback):
 
     def __init__(
         self,
+        sampler: Mapping[str, Any],
         n: int = 256,
-        sampler: Mapping[str, Any] | None = None,
         batch_size: int = 128,
         seed: int = 12345,
         weights_path: str | None = None,
@@ -52,7 +52,7 @@ class SampleFID(L.Callback):
         if every_n_validations < 0:
             raise ValueError(f"every_n_validations must be 0 (never) or more, got {every_n_validations}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.sampler = dict(sampler or DEFAULT_SAMPLER)
+        self.sampler = dict(sampler)
         self.weights_path, self.cache_dir, self.reference_n = weights_path, cache_dir, reference_n
         self.every_n_validations, self.at_train_end = every_n_validations, at_train_end
         self.enabled = required or local_weights(weights_path) is not None
@@ -85,7 +85,7 @@ class SampleFID(L.Callback):
                 barrier=trainer.strategy.barrier,
             )
             self._reference_loaded = True
-        sampler = sampler_of(pl_module.diffusion, self.sampler)
+        sampler = make_sampler(pl_module.diffusion, **self.sampler)
         scores = score_samples(
             self.metric,
             lambda count, generator: pl_module.sample(sampler, count, generator=generator),
