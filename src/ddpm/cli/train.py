@@ -120,29 +120,9 @@ def train(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     ckpt_path = resume_path(cfg)
-    resumed_step = None
-    if ckpt_path is not None:  # before any logger or callback writes a file
-        try:
-            resumed_step = check_resume(module, ckpt_path, cfg)
-        except ConfigError:
-            run_record.restore()  # the folder's .hydra/ record describes the run its checkpoint holds, as before
-            raise
-        max_steps = cfg.trainer.get("max_steps", -1)
-        if max_steps is not None and 0 < max_steps <= resumed_step:
-            log.warning(
-                "nothing left to train: %s is at step %d and trainer.max_steps=%d; raise trainer.max_steps to train on",
-                ckpt_path,
-                resumed_step,
-                max_steps,
-            )
-            return None
-        own = Path(cfg.paths.output_dir) in Path(ckpt_path).resolve().parents
-        log.info(
-            "resuming %sfrom %s at step %d",
-            "the run in this folder " if own else "",
-            ckpt_path,
-            resumed_step,
-        )
+    resumed_step = None if ckpt_path is None else resume_point(module, ckpt_path, cfg)
+    if resumed_step is not None and nothing_left_to_train(cfg, ckpt_path, resumed_step):
+        return None
 
     callbacks = [
         building(f"callbacks.{name}", lambda c=c: hydra.utils.instantiate(c))
@@ -192,6 +172,33 @@ def train(cfg: DictConfig) -> float | None:
             wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def resume_point(module, ckpt_path: str, cfg: DictConfig) -> int:
+    """The step of the checkpoint this run resumes, checked against the run's model before any logger or callback
+    writes a file (a refusal also puts the run folder's .hydra/ record back as it was); says what it resumes."""
+    try:
+        step = check_resume(module, ckpt_path, cfg)
+    except ConfigError:
+        run_record.restore()
+        raise
+    own = Path(cfg.paths.output_dir).resolve() in Path(ckpt_path).resolve().parents
+    log.info("resuming %sfrom %s at step %d", "the run in this folder " if own else "", ckpt_path, step)
+    return step
+
+
+def nothing_left_to_train(cfg: DictConfig, ckpt_path: str, step: int) -> bool:
+    """Whether the checkpoint has already reached trainer.max_steps (then the run says so and writes nothing)."""
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if max_steps is None or not 0 < max_steps <= step:
+        return False
+    log.warning(
+        "nothing left to train: %s is at step %d and trainer.max_steps=%d; raise trainer.max_steps to train on",
+        ckpt_path,
+        step,
+        max_steps,
+    )
+    return True
 
 
 def resolve_num_classes(cfg: DictConfig, datamodule) -> None:
