@@ -150,17 +150,19 @@ class TrainConfig:
 
 
 @dataclass
-class LinearSchedule:  # also quadratic and sigmoid
+class Schedule:
     name: str = MISSING
     num_timesteps: int = MISSING
+
+
+@dataclass
+class LinearSchedule(Schedule):  # also quadratic and sigmoid
     beta_start: float = MISSING
     beta_end: float = MISSING
 
 
 @dataclass
-class CosineSchedule:
-    name: str = MISSING
-    num_timesteps: int = MISSING
+class CosineSchedule(Schedule):
     s: float = MISSING
     max_beta: float = MISSING
 
@@ -170,30 +172,29 @@ SCHEDULES["cosine"] = CosineSchedule
 
 
 @dataclass
-class DDPMSampler:
+class Sampler:
+    """What every sampler node has; `steps` is required by all but ddpm (null there: all T steps)."""
+
     name: str = MISSING
+    steps: int = MISSING
+    spacing: str = "uniform"
+    compile: bool = False
+
+
+@dataclass
+class DDPMSampler(Sampler):
     steps: int | None = None
-    spacing: str = "uniform"
     var_type: str | None = None
-    compile: bool = False
 
 
 @dataclass
-class DDIMSampler:
-    name: str = MISSING
-    steps: int = MISSING
+class DDIMSampler(Sampler):
     eta: float = 0.0
-    spacing: str = "uniform"
-    compile: bool = False
 
 
 @dataclass
-class SolverSampler:  # dpm_solver_pp, sde_dpm_solver_pp, unipc
-    name: str = MISSING
-    steps: int = MISSING
+class SolverSampler(Sampler):  # dpm_solver_pp, sde_dpm_solver_pp, unipc
     order: int = 2
-    spacing: str = "logsnr"
-    compile: bool = False
 
 
 SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler}

@@ -151,6 +151,7 @@ def test_a_fixed_variance_checkpoint_refuses_a_learned_variance_sampler(checkpoi
     assert "its network predicts no variance" in err
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_a_self_conditioned_run_trains_samples_and_evaluates_its_bound(tmp_path):
     ckpt_path = train_tiny(tmp_path, "diffusion=eps", "diffusion.self_condition=true")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)

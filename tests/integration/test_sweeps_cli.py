@@ -71,6 +71,7 @@ def test_optuna_trials_that_cannot_log_the_metric_fail_before_they_train(tmp_pat
     assert not list(sweep.rglob("*.ckpt"))
 
 
+@pytest.mark.slow  # kept out of the default suite's 15 minutes; CI runs it (make test-slow)
 def test_optuna_search_minimises_validation_fid(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     sweep = tmp_path / "optuna"
