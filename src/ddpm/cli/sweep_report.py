@@ -41,8 +41,9 @@ def row_of(num: int, ret: JobReturn) -> JobRow:
 
 
 def markdown(rows: list[JobRow]) -> str:
+    """The rows (in job order, as `finish` sorts them) as a markdown table."""
     lines = ["| job | overrides | result |", "|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r.job):
+    for r in rows:
         result = r.result if r.ok else f"**failed**: {r.result}"
         lines.append(f"| {r.job} | {r.overrides.replace('|', '/')} | {result.replace('|', '/')} |")
     return "\n".join(lines) + "\n"

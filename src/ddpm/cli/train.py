@@ -14,7 +14,6 @@ import lightning as L
 import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ddpm.build import build_diffusion, build_module, build_sampler
 from ddpm.checkpoint import check_resume, find_last_checkpoint
 from ddpm.cli import run_record
-from ddpm.cli.errors import run_job
+from ddpm.cli.errors import in_sweep, run_job
 from ddpm.errors import CONFIG_MISTAKES, ConfigError, building
 from ddpm.host_memory import retain_freed_memory
 from ddpm.schema import check_train
@@ -80,7 +79,7 @@ def check_forgets_the_data(diffusion, schedule: DictConfig) -> None:
 def sweeper_optimises() -> bool:
     """Whether this run is a trial of a sweeper that optimises train.py's return value (Optuna, ...). A grid sweep
     (Hydra's basic sweeper) and a single run need no return value."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_sweep():
         return False
     return not str(HydraConfig.get().sweeper.get("_target_", "")).endswith(("BasicSweeper", "GridSweeper"))
 
@@ -299,11 +298,9 @@ def resume_path(cfg: DictConfig) -> str | None:
 def name_sweep_job(cfg: DictConfig) -> None:
     """In a multirun (-m), put every job in one W&B group named after the sweep, each named by its overrides."""
     wandb = (cfg.get("logger") or {}).get("wandb")
-    if not wandb or not HydraConfig.initialized():
+    if not wandb or not in_sweep():
         return
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return
     with open_dict(cfg):
         if wandb.get("group") is None:
             wandb.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
