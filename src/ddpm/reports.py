@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +39,20 @@ def save_figure(fig, path: Path, title: str = "", axes=()) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def write_report(
+    folder: Path,
+    stem: str,
+    markdown: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    plot: Callable[[Path], Path],
+) -> dict[str, str]:
+    """A table three ways in `folder`: <stem>_table.md (`markdown`), <stem>_table.csv (`rows`, `columns`) and
+    <stem>_plot.png (drawn by `plot(path)`); returns their paths by kind."""
+    md = folder / f"{stem}_table.md"
+    md.write_text(markdown)
+    csv_path = write_csv(rows, folder / f"{stem}_table.csv", columns)
+    png = plot(folder / f"{stem}_plot.png")
+    return {"markdown": str(md), "csv": str(csv_path), "plot": str(png)}

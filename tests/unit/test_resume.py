@@ -111,7 +111,7 @@ def test_training_noise_differs_per_rank_step_and_micro_batch():
 
 
 def test_optimized_metric_is_found_by_name_or_prefix():
-    from ddpm.cli.train import optimized_value
+    from ddpm.cli.sweep_job import optimized_value
 
     metrics = {"val/loss": torch.tensor(0.5), "val/fid_8_ddim2": torch.tensor(40.0)}
     assert optimized_value(metrics, "val/loss") == 0.5
@@ -182,21 +182,14 @@ def test_changed_settings_name_what_defines_the_model_and_nothing_else():
     stored = {
         "model": {"base_channels": 32, "channels_last": True, "num_classes": None},
         "schedule": {"name": "linear", "num_timesteps": 1000, "beta_end": 0.02},
-        "diffusion": {
-            "objective": "x0",
-            "var_type": "fixed_large",
-            "self_condition": False,
-            "t_sampling": "lognormal",
-        },
+        "diffusion": {"objective": "x0", "var_type": "fixed_large", "self_condition": False},
+        "recipe": {"t_sampling": "lognormal", "stf_reference": 1024},
         "optim": {"lr": 1e-3},
     }
     same = {k: dict(v) for k, v in stored.items()}
     assert changed_settings(stored, same) == []
     free = {**same, "optim": {"lr": 5e-4}, "model": {**same["model"], "channels_last": False}}
-    free["diffusion"] = {
-        **same["diffusion"],
-        "t_sampling": "uniform",
-    }  # the recipe may change, the process not
+    free["recipe"] = {"t_sampling": "uniform", "stf_reference": 0}  # the recipe may change, the process not
     assert changed_settings(stored, free) == []
     changed = {
         **same,

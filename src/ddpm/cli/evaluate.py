@@ -37,6 +37,44 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Check the request, load the checkpoint and the held-out data, score what metrics asks (FID / KID of one
+    sampler, of a sampler sweep or of a guidance sweep; NLL), write the results and their reports."""
+    sweep = check_request(cfg)
+    metric = make_fid(cfg.fid.weights_path) if "fid" in cfg.metrics else None  # fail before any sampling
+    module, run_cfg = load_checkpoint(cfg.ckpt_path)
+    guidances = check_guidance(cfg, sweep, module.num_classes)
+    samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
+    datamodule = held_out_data(run_cfg, cfg.data_root)
+
+    results: dict[str, Any] = {
+        "checkpoint": str(cfg.ckpt_path),
+        "ema": cfg.use_ema,
+        "data": datamodule.source,
+    }
+    if metric is not None:
+        scorer = Scorer(module, metric, datamodule, cfg, device)
+        if scorer.classifier_accuracy is not None:
+            results["classifier_held_out_accuracy"] = scorer.classifier_accuracy
+        if guidances:
+            results["guidance_sweep"] = guidance_sweep(
+                scorer, build_sampler(module.diffusion, cfg.sampler), guidances
+            )
+        elif samplers:
+            results["sweep"] = sampler_sweep(scorer, samplers)
+        else:
+            results["fid"] = one_sampler(
+                scorer, build_sampler(module.diffusion, cfg.sampler), cfg.get("guidance")
+            )
+    if "nll" in cfg.metrics:
+        results["nll"] = bits_per_dim(module, datamodule.val_set, cfg.nll, cfg.use_ema, device)
+    write_results(results, cfg)
+    return results
+
+
+def check_request(cfg: DictConfig) -> DictConfig:
+    """Everything about the request that can be checked before loading anything; returns its sweep node."""
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
@@ -48,154 +86,162 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("a sweep needs the fid metric: add fid to metrics (metrics=[fid])")
     if sweep.get("samplers") and sweep.get("guidance"):
         raise ConfigError("sweep over samplers or over guidance, not both: leave one of them empty")
-    metric = make_fid(cfg.fid.weights_path) if "fid" in cfg.metrics else None  # fail before any sampling
+    return sweep
 
-    module, run_cfg = load_checkpoint(cfg.ckpt_path)
-    conditional = module.num_classes is not None
-    guidances = check_guidance(cfg, sweep, module.num_classes)
-    samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(device)
-    data_cfg = run_cfg.data
-    if cfg.data_root:
-        data_cfg = OmegaConf.merge(data_cfg, {"root": cfg.data_root})
+
+def held_out_data(run_cfg: DictConfig, data_root: str | None):
+    """The run's data module (at `data_root` if given), checked and set up for its held-out split."""
+    data_cfg = run_cfg.data if not data_root else OmegaConf.merge(run_cfg.data, {"root": data_root})
     datamodule = building("data", lambda: hydra.utils.instantiate(data_cfg))
     datamodule.check()
     datamodule.setup("validate")
+    return datamodule
 
-    results: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "ema": cfg.use_ema, "data": data_cfg.source}
-    if metric is not None:
-        metric.to(device)
-        n_ref = install_reference(
+
+class Scorer:
+    """FID and KID of a model's samples against the held-out split (the reference statistics installed once), with
+    the class accuracy of the samples for a class-conditional model (a classifier trained on the training split)."""
+
+    def __init__(self, module, metric, datamodule, cfg: DictConfig, device: torch.device) -> None:
+        self.module, self.metric, self.fid, self.use_ema = module, metric.to(device), cfg.fid, cfg.use_ema
+        self.device = device
+        self.n_ref = install_reference(
             metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
         )
-        reference = f"{data_cfg.source} held-out split, {n_ref} images"
-        classifier = None
-        if conditional:
-            classifier, classifier_accuracy = load_or_train_classifier(
+        self.reference = f"{datamodule.source} held-out split, {self.n_ref} images"
+        self.classifier, self.classifier_accuracy = None, None
+        if module.num_classes is not None:
+            self.classifier, self.classifier_accuracy = load_or_train_classifier(
                 datamodule, module.num_classes, cfg.fid.cache_dir, cfg.classifier.epochs
             )
-            results["classifier_held_out_accuracy"] = classifier_accuracy
 
-        def score(sampler: Sampler, guidance: float | None = None) -> dict[str, Any]:
-            """FID and KID of fid.n samples; for a class-conditional model the classes are spread evenly (image i
-            of each batch is class i mod K) and the class accuracy of the same images (as PNG bytes) is added."""
-            seconds, correct = 0.0, 0
+    def __call__(self, sampler: Sampler, guidance: float | None = None) -> dict[str, Any]:
+        """FID and KID of fid.n samples and the seconds per image; for a class-conditional model the classes are
+        spread evenly (image i of each batch is class i mod K) and the class accuracy of the same images (as PNG
+        bytes) is added."""
+        module, n = self.module, self.fid.n
+        seconds, correct = 0.0, 0
 
-            def draw(count: int, generator: torch.Generator) -> torch.Tensor:
-                nonlocal seconds, correct
-                start = time.perf_counter()
-                kwargs = {}
-                if conditional:
-                    labels = spread_labels(count, module.num_classes)
-                    kwargs = {"labels": labels, "guidance": guidance}
-                images = module.sample(
-                    sampler, count, generator=generator, use_ema=cfg.use_ema, progress=progress_bar, **kwargs
-                )
-                seconds += time.perf_counter() - start
-                if classifier is not None:  # judged against the very labels the images were drawn with
-                    as_saved = to_uint8(images).float().cpu() / 127.5 - 1.0
-                    correct += int((predict(classifier, as_saved) == labels).sum())
-                return images
-
-            what = f"{sampler.label}" + (f", guidance {guidance:g}" if guidance is not None else "")
-            log.info("FID: %d samples with %s against %d held-out images", cfg.fid.n, what, n_ref)
-            scores = score_samples(metric, draw, cfg.fid.n, cfg.fid.batch_size, cfg.fid.seed, device=device)
-            out = {**scores, "seconds_per_image": seconds / cfg.fid.n}
-            if classifier is not None:
-                out["accuracy"] = correct / cfg.fid.n
-            return out
-
-        if guidances:
-            sampler = build_sampler(module.diffusion, cfg.sampler)
-            rows = []
-            for w in guidances:
-                rows.append(
-                    {"guidance": w, "nfe": len(sampler.timesteps), "n": cfg.fid.n, **score(sampler, w)}
-                )
-                log.info(
-                    "guidance %g: FID %.2f, KID %.4f, class accuracy %.1f%%",
-                    w,
-                    rows[-1]["fid"],
-                    rows[-1]["kid"],
-                    100 * rows[-1]["accuracy"],
-                )
-            results["guidance_sweep"] = {
-                "reference": reference,
-                "seed": cfg.fid.seed,
-                "sampler": sampler.label,
-                "rows": rows,
-            }
-        elif samplers:
-            rows = []
-            for (name, steps), sampler in samplers.items():
-                rows.append(
-                    {
-                        "sampler": name,
-                        "steps": steps,
-                        "nfe": len(sampler.timesteps),
-                        "n": cfg.fid.n,
-                        **score(sampler),
-                    }
-                )
-                log.info("%s: FID %.2f, KID %.4f", sampler.label, rows[-1]["fid"], rows[-1]["kid"])
-            results["sweep"] = {"reference": reference, "seed": cfg.fid.seed, "rows": rows}
-        else:
-            sampler = build_sampler(module.diffusion, cfg.sampler)
-            scores = score(sampler, cfg.get("guidance"))
-            results["fid"] = {
-                "key": fid_key(cfg.fid.n, sampler.label),
-                "value": scores["fid"],
-                "kid_key": fid_key(cfg.fid.n, sampler.label, "kid"),
-                "kid": scores["kid"],
-                "kid_std": scores["kid_std"],
-                "n": cfg.fid.n,
-                "sampler": sampler.label,
-                "network_calls_per_image": len(sampler.timesteps),
-                "seconds_per_image": scores["seconds_per_image"],
-                "reference": reference,
-            }
-            if conditional:
-                w = module.hparams.guidance if cfg.get("guidance") is None else cfg.guidance
-                results["fid"] |= {"guidance": w, "class_accuracy": scores["accuracy"]}
-    if "nll" in cfg.metrics:
-        net = module.ema.module if cfg.use_ema else module.net
-        net.eval()
-        held_out = datamodule.val_set
-        n = min(cfg.nll.n, len(held_out))
-        loader = DataLoader(Subset(held_out, range(n)), batch_size=cfg.nll.batch_size)
-        generator = torch.Generator(device=device).manual_seed(cfg.nll.seed)
-        parts = {"total_bpd": [], "prior_bpd": [], "decoder_bpd": []}
-        for i, batch in enumerate(loader):
-            x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-            model = net
-            if conditional:  # the bound of p(x_0 | c) with each image's own class
-                labels = batch[1].to(device)
-                model = lambda x, t, y=labels, **kw: net(x, t, y, **kw)  # noqa: E731
-            # a self-conditioned network: no chain carries an estimate here, so two calls per t (see `refined`)
-            if module.diffusion.self_condition:
-                model = refined(model, module.diffusion.data_prediction)
-            log.info(
-                "NLL: batch %d / %d (%d network calls)", i + 1, len(loader), module.diffusion.num_timesteps
+        def draw(count: int, generator: torch.Generator) -> torch.Tensor:
+            nonlocal seconds, correct
+            start = time.perf_counter()
+            kwargs = {}
+            if module.num_classes is not None:
+                labels = spread_labels(count, module.num_classes)
+                kwargs = {"labels": labels, "guidance": guidance}
+            images = module.sample(
+                sampler, count, generator=generator, use_ema=self.use_ema, progress=progress_bar, **kwargs
             )
-            out = module.diffusion.calc_bpd_loop(model, x0, generator=generator, progress=progress_bar)
-            parts["total_bpd"].append(out["total_bpd"].cpu())
-            parts["prior_bpd"].append(out["prior_bpd"].cpu())
-            parts["decoder_bpd"].append(out["vb_bpd"][:, 0].cpu())
-        results["nll"] = {k: float(torch.cat(v).mean()) for k, v in parts.items()}
-        results["nll"]["n"] = n
+            seconds += time.perf_counter() - start
+            if self.classifier is not None:  # judged against the very labels the images were drawn with
+                as_saved = to_uint8(images).float().cpu() / 127.5 - 1.0
+                correct += int((predict(self.classifier, as_saved) == labels).sum())
+            return images
 
+        what = f"{sampler.label}" + (f", guidance {guidance:g}" if guidance is not None else "")
+        log.info("FID: %d samples with %s against %d held-out images", n, what, self.n_ref)
+        scores = score_samples(self.metric, draw, n, self.fid.batch_size, self.fid.seed, device=self.device)
+        out = {**scores, "seconds_per_image": seconds / n}
+        if self.classifier is not None:
+            out["accuracy"] = correct / n
+        return out
+
+
+def one_sampler(score: Scorer, sampler: Sampler, guidance: float | None) -> dict[str, Any]:
+    """The `fid` section: FID and KID of one sampler, named as training logs them (`fid_key`)."""
+    scores, n = score(sampler, guidance), score.fid.n
+    out = {
+        "key": fid_key(n, sampler.label),
+        "value": scores["fid"],
+        "kid_key": fid_key(n, sampler.label, "kid"),
+        "kid": scores["kid"],
+        "kid_std": scores["kid_std"],
+        "n": n,
+        "sampler": sampler.label,
+        "network_calls_per_image": len(sampler.timesteps),
+        "seconds_per_image": scores["seconds_per_image"],
+        "reference": score.reference,
+    }
+    if score.classifier is not None:
+        w = score.module.hparams.guidance if guidance is None else guidance
+        out |= {"guidance": w, "class_accuracy": scores["accuracy"]}
+    return out
+
+
+def guidance_sweep(score: Scorer, sampler: Sampler, guidances: list[float]) -> dict[str, Any]:
+    """The `guidance_sweep` section: a row per guidance scale, the same seeds in each."""
+    rows = []
+    for w in guidances:
+        rows.append({"guidance": w, "nfe": len(sampler.timesteps), "n": score.fid.n, **score(sampler, w)})
+        r = rows[-1]
+        log.info(
+            "guidance %g: FID %.2f, KID %.4f, class accuracy %.1f%%",
+            w,
+            r["fid"],
+            r["kid"],
+            100 * r["accuracy"],
+        )
+    return {"reference": score.reference, "seed": score.fid.seed, "sampler": sampler.label, "rows": rows}
+
+
+def sampler_sweep(score: Scorer, samplers: dict[tuple[str, int], Sampler]) -> dict[str, Any]:
+    """The `sweep` section: a row per (sampler, steps) cell, the same seeds in each."""
+    rows = []
+    for (name, steps), sampler in samplers.items():
+        nfe = len(sampler.timesteps)
+        rows.append({"sampler": name, "steps": steps, "nfe": nfe, "n": score.fid.n, **score(sampler)})
+        log.info("%s: FID %.2f, KID %.4f", sampler.label, rows[-1]["fid"], rows[-1]["kid"])
+    return {"reference": score.reference, "seed": score.fid.seed, "rows": rows}
+
+
+def bits_per_dim(module, held_out, nll: DictConfig, use_ema: bool, device: torch.device) -> dict[str, Any]:
+    """The `nll` section: the variational bound in bits/dim (total, prior and decoder terms) averaged over the first
+    nll.n held-out images, one x_t per term from the seed nll.seed."""
+    net = module.ema.module if use_ema else module.net
+    net.eval()
+    n = min(nll.n, len(held_out))
+    loader = DataLoader(Subset(held_out, range(n)), batch_size=nll.batch_size)
+    generator = torch.Generator(device=device).manual_seed(nll.seed)
+    parts = {"total_bpd": [], "prior_bpd": [], "decoder_bpd": []}
+    for i, batch in enumerate(loader):
+        x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
+        model = net
+        if module.num_classes is not None:  # the bound of p(x_0 | c) with each image's own class
+            labels = batch[1].to(device)
+            model = lambda x, t, y=labels, **kw: net(x, t, y, **kw)  # noqa: E731
+        # a self-conditioned network: no chain carries an estimate here, so two calls per t (see `refined`)
+        if module.diffusion.self_condition:
+            model = refined(model, module.diffusion.data_prediction)
+        log.info("NLL: batch %d / %d (%d network calls)", i + 1, len(loader), module.diffusion.num_timesteps)
+        out = module.diffusion.calc_bpd_loop(model, x0, generator=generator, progress=progress_bar)
+        parts["total_bpd"].append(out["total_bpd"].cpu())
+        parts["prior_bpd"].append(out["prior_bpd"].cpu())
+        parts["decoder_bpd"].append(out["vb_bpd"][:, 0].cpu())
+    return {**{k: float(torch.cat(v).mean()) for k, v in parts.items()}, "n": n}
+
+
+def write_results(results: dict[str, Any], cfg: DictConfig) -> None:
+    """The results as JSON at output_file, a sweep's table, CSV and plot beside it, a summary on the console, and
+    the W&B run (wandb.enabled)."""
     out = Path(cfg.output_file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    about = f"{results['checkpoint']} (EMA: {results['ema']})"
     if "sweep" in results:
-        results["sweep"]["files"] = write_sweep(results, out.parent)
+        results["sweep"]["files"] = nfe_table.write_report(
+            results["sweep"], about, results["data"], out.parent
+        )
     if "guidance_sweep" in results:
-        results["guidance_sweep"]["files"] = write_guidance_sweep(results, out.parent)
+        results["guidance_sweep"]["files"] = guidance_table.write_report(
+            results["guidance_sweep"],
+            results["classifier_held_out_accuracy"],
+            about,
+            results["data"],
+            out.parent,
+        )
     out.write_text(json.dumps(results, indent=2) + "\n")
-    _print(results, out)
+    print_summary(results, out)
     if cfg.wandb.enabled:
         log_to_wandb(results, cfg)
-    return results
 
 
 def check_guidance(cfg: DictConfig, sweep: DictConfig, num_classes: int | None) -> list[float]:
@@ -206,23 +252,6 @@ def check_guidance(cfg: DictConfig, sweep: DictConfig, num_classes: int | None) 
         cfg.ckpt_path, num_classes, {"guidance": cfg.get("guidance"), "sweep.guidance": asked}
     )
     return [float(w) for w in asked]
-
-
-def write_guidance_sweep(results: dict[str, Any], folder: Path) -> dict[str, str]:
-    """guidance_table.md, guidance_table.csv and guidance_plot.png of the guidance sweep, in `folder`."""
-    sweep, acc = results["guidance_sweep"], results["classifier_held_out_accuracy"]
-    rows = sweep["rows"]
-    md = folder / "guidance_table.md"
-    md.write_text(
-        f"Guidance sweep: {results['checkpoint']} (EMA: {results['ema']}), {sweep['sampler']}, classes spread evenly, "
-        f"against the {sweep['reference']}; the same {rows[0]['n']} seeds (fid.seed={sweep['seed']}) for every w.\n\n"
-        + guidance_table.markdown_table(rows, acc)
-    )
-    csv = guidance_table.write_csv(rows, folder / "guidance_table.csv")
-    png = guidance_table.plot(
-        rows, folder / "guidance_plot.png", acc, title=f"{results['data']}, N = {rows[0]['n']}"
-    )
-    return {"markdown": str(md), "csv": str(csv), "plot": str(png)}
 
 
 def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple[str, int], Sampler]:
@@ -246,20 +275,6 @@ def sweep_samplers(diffusion, sweep: DictConfig, base: DictConfig) -> dict[tuple
             node.steps = s
             cells[(name, s)] = build_sampler(diffusion, node, what=f"sweep cell {name} with {s} steps")
     return cells
-
-
-def write_sweep(results: dict[str, Any], folder: Path) -> dict[str, str]:
-    """nfe_table.md, nfe_table.csv and nfe_plot.png of the sweep, in `folder`."""
-    rows = results["sweep"]["rows"]
-    md = folder / "nfe_table.md"
-    md.write_text(
-        f"Quality against network calls: {results['checkpoint']} (EMA: {results['ema']}), against the "
-        f"{results['sweep']['reference']}; the same {rows[0]['n']} seeds (fid.seed={results['sweep']['seed']}) in "
-        "every cell.\n\n" + nfe_table.markdown_table(rows)
-    )
-    csv = nfe_table.write_csv(rows, folder / "nfe_table.csv")
-    png = nfe_table.plot(rows, folder / "nfe_plot.png", title=f"{results['data']}, N = {rows[0]['n']}")
-    return {"markdown": str(md), "csv": str(csv), "plot": str(png)}
 
 
 def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
@@ -298,38 +313,46 @@ def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
         run.finish()
 
 
-def _print(results: dict[str, Any], path: Path) -> None:
-    table = Table(title=f"evaluation of {results['checkpoint']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    if "fid" in results:
-        fid = results["fid"]
-        table.add_row(f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}")
-        table.add_row(f"{fid['kid_key']} (mean ± std over subsets)", format_kid(fid["kid"], fid["kid_std"]))
-    if "class_accuracy" in results.get("fid", {}):
-        table.add_row(
-            f"class accuracy (guidance {results['fid']['guidance']:g})",
-            f"{100 * results['fid']['class_accuracy']:.1f}%",
-        )
-    for r in results.get("guidance_sweep", {}).get("rows", []):
-        table.add_row(
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, value) for each score in the results, as the console summary shows them."""
+    rows = []
+    fid = results.get("fid")
+    if fid:
+        rows.append((f"{fid['key']} ({fid['reference']})", f"{fid['value']:.2f}"))
+        rows.append((f"{fid['kid_key']} (mean ± std over subsets)", format_kid(fid["kid"], fid["kid_std"])))
+        if "class_accuracy" in fid:
+            rows.append(
+                (f"class accuracy (guidance {fid['guidance']:g})", f"{100 * fid['class_accuracy']:.1f}%")
+            )
+    rows += [
+        (
             f"guidance {r['guidance']:g}: FID / KID / class accuracy (N = {r['n']})",
             f"{r['fid']:.2f} / {r['kid']:.4f} / {100 * r['accuracy']:.1f}%",
         )
+        for r in results.get("guidance_sweep", {}).get("rows", [])
+    ]
     if "classifier_held_out_accuracy" in results:
-        table.add_row(
-            "classifier accuracy on the held-out split",
-            f"{100 * results['classifier_held_out_accuracy']:.1f}%",
-        )
-    for r in results.get("sweep", {}).get("rows", []):
-        table.add_row(
+        accuracy = results["classifier_held_out_accuracy"]
+        rows.append(("classifier accuracy on the held-out split", f"{100 * accuracy:.1f}%"))
+    rows += [
+        (
             f"{r['sampler']}, {r['nfe']} calls: FID / KID (N = {r['n']}) / s per image",
             f"{r['fid']:.2f} / {r['kid']:.4f} / {r['seconds_per_image']:.3f}",
         )
+        for r in results.get("sweep", {}).get("rows", [])
+    ]
     if "nll" in results:
-        table.add_row(
-            f"NLL bits/dim ({results['nll']['n']} held-out images)", f"{results['nll']['total_bpd']:.3f}"
-        )
+        nll = results["nll"]
+        rows.append((f"NLL bits/dim ({nll['n']} held-out images)", f"{nll['total_bpd']:.3f}"))
+    return rows
+
+
+def print_summary(results: dict[str, Any], path: Path) -> None:
+    table = Table(title=f"evaluation of {results['checkpoint']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for what, value in summary_rows(results):
+        table.add_row(what, value)
     Console().print(table)
     Console().print(f"written to {path}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,39 +12,26 @@ import hydra
 import lightning as L
 import torch
 import wandb
-from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm.build import build_diffusion, build_module, build_sampler
 from ddpm.checkpoint import check_resume, find_last_checkpoint
 from ddpm.cli import run_record
-from ddpm.cli.errors import in_sweep, run_job
+from ddpm.cli.errors import run_job
+from ddpm.cli.sweep_job import check_optimized_metric, name_sweep_job, optimized_value
 from ddpm.errors import CONFIG_MISTAKES, ConfigError, building
 from ddpm.host_memory import retain_freed_memory
 from ddpm.schema import check_train
-from ddpm.training import LastCheckpoint, RunClock, SampleFID
+from ddpm.training import LastCheckpoint
+from ddpm.training.quiet import quiet_lightning
+from ddpm.training.run_report import report_run
 
 log = logging.getLogger(__name__)
-
-# Console noise a user cannot act on. Lightning warns on every mid-epoch resume unless the DataLoader itself is
-# stateful; ours resumes through the DataModule's state_dict (EpochSampler), so the warning is wrong here. It also
-# warns that checkpoints load with weights_only=False (they are this project's own) and about its own use of torch's
-# pytree API, and advertises a cloud logger on every run.
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-warnings.filterwarnings("ignore", message=".*`weights_only` was not set.*")
-warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda r: "litlogger" not in r.getMessage()
-)
-# ...and says, each time it saves a checkpoint at the end of a run, that it saves the whole state (as it should)
-logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
-    lambda r: "`weights_only` was not set" not in r.getMessage()
-)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -76,36 +62,9 @@ def check_forgets_the_data(diffusion, schedule: DictConfig) -> None:
         )
 
 
-def sweeper_optimises() -> bool:
-    """Whether this run is a trial of a sweeper that optimises train.py's return value (Optuna, ...). A grid sweep
-    (Hydra's basic sweeper) and a single run need no return value."""
-    if not in_sweep():
-        return False
-    return not str(HydraConfig.get().sweeper.get("_target_", "")).endswith(("BasicSweeper", "GridSweeper"))
-
-
-def check_optimized_metric(cfg: DictConfig) -> None:
-    """For a sweeper that optimises: stop before any trial trains if optimized_metric cannot be logged by this run
-    (a validation metric in a run that ends before its first validation, FID without the FID callback)."""
-    if not sweeper_optimises():
-        return
-    name = cfg.get("optimized_metric") or "val/loss"
-    fid = (cfg.get("callbacks") or {}).get("fid")
-    if name.startswith(("val/fid", "val/kid")):
-        if not fid:
-            raise ConfigError(f"optimized_metric={name} needs the FID callback: add callbacks=fid")
-        if fid.get("at_train_end"):  # scored when training ends, whenever that is
-            return
-    max_steps, interval = cfg.trainer.get("max_steps", -1), cfg.trainer.get("val_check_interval")
-    if name.startswith("val/") and isinstance(interval, int) and 0 < max_steps < interval:
-        raise ConfigError(
-            f"optimized_metric={name} is logged at validation, but trainer.max_steps={max_steps} ends before the "
-            f"first one (trainer.val_check_interval={interval}): lower val_check_interval or raise max_steps"
-        )
-
-
 def train(cfg: DictConfig) -> float | None:
     """Fit the model; returns the final value of cfg.optimized_metric (what a sweeper minimises)."""
+    quiet_lightning()
     check_config(cfg)
     retain_freed_memory()  # no page faults on each step's activations: see ddpm.host_memory
     name_sweep_job(cfg)
@@ -226,61 +185,6 @@ def resolve_num_classes(cfg: DictConfig, datamodule) -> None:
         )
 
 
-def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
-    """A few lines when training ends: what the run reached and where its files are, with the next commands."""
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))
-    }
-    reached = " · ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())) or "no metrics logged"
-    ckpt = out / "checkpoints" / "last.ckpt"
-    grids = sorted((out / "samples").glob("step_*.png"))
-    runs = sorted((out / "wandb").glob("offline-run-*")) + sorted((out / "wandb").glob("run-*"))
-    lines = [
-        f"run finished: step {trainer.global_step} in {seconds / 60:.1f} min; {reached}",
-        f"  checkpoint: {ckpt}" if ckpt.is_file() else "  checkpoint: none written",
-    ]
-    clock = next((cb for cb in trainer.callbacks if isinstance(cb, RunClock)), None)
-    fid = next((cb for cb in trainer.callbacks if isinstance(cb, SampleFID) and cb.end_seconds), None)
-    if clock is not None or fid is not None:
-        spent = []
-        if clock is not None:
-            spent.append(f"validation {clock.validation_s:.0f} s of {clock.elapsed():.0f} s training")
-        if fid is not None:
-            spent.append(f"final FID / KID {fid.end_seconds:.0f} s")
-        lines.append(f"  time:       {'; '.join(spent)}")
-    if grids:
-        lines.append(f"  last grid:  {grids[-1]}")
-    if runs:
-        lines.append(
-            f"  W&B run:    {runs[-1]}  (view: wandb leet {out / 'wandb'}; upload: wandb sync {runs[-1]})"
-        )
-    if ckpt.is_file():
-        lines.append(f"  sample:     python sample.py ckpt_path={ckpt}")
-        lines.append(f"  evaluate:   python evaluate.py ckpt_path={ckpt}")
-    log.info("\n".join(lines))
-
-
-def optimized_value(metrics: dict[str, Any], name: str) -> float | None:
-    """The metric `name`, or the one metric named `name_*` (`val/fid` finds val/fid_256_ddim50, `val/kid` finds
-    val/kid_256_ddim50). Missing: a sweeper
-    that optimises cannot go on without it (ConfigError); a grid sweep or a single run only warns."""
-    matches = (
-        [name]
-        if name in metrics  # val/kid finds val/kid_1k_ddim50, not its spread val/kid_std_1k_ddim50
-        else [k for k in metrics if k.startswith(f"{name}_") and not k.startswith(f"{name}_std_")]
-    )
-    if len(matches) == 1:
-        return float(metrics[matches[0]])
-    message = (
-        f"optimized_metric={name} was not logged by this run (logged: {', '.join(sorted(metrics)) or 'nothing'}): "
-        "set optimized_metric to one of them"
-    )
-    if sweeper_optimises():
-        raise ConfigError(message)
-    log.warning(message)
-    return None
-
-
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume: cfg.ckpt_path (`last`: the newest checkpoints/last.ckpt of this task's runs); with
     none given, the newest checkpoint the run directory already holds (a requeued SLURM job restarts in it)."""
@@ -293,19 +197,6 @@ def resume_path(cfg: DictConfig) -> str | None:
     out = Path(cfg.paths.output_dir)
     own = [p for p in (out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
     return str(max(own, key=lambda p: p.stat().st_mtime)) if own else None
-
-
-def name_sweep_job(cfg: DictConfig) -> None:
-    """In a multirun (-m), put every job in one W&B group named after the sweep, each named by its overrides."""
-    wandb = (cfg.get("logger") or {}).get("wandb")
-    if not wandb or not in_sweep():
-        return
-    hc = HydraConfig.get()
-    with open_dict(cfg):
-        if wandb.get("group") is None:
-            wandb.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
-        if wandb.get("name") is None:
-            wandb.name = hc.job.override_dirname or f"job{hc.job.num}"
 
 
 def main(cfg: DictConfig) -> Any:

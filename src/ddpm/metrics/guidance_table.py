@@ -60,3 +60,25 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, classifier_accuracy: float,
     b.set(xlabel="guidance scale w", ylabel="class accuracy (%)", title="class accuracy of the samples")
     b.legend()
     return reports.save_figure(fig, path, title, (a, b))
+
+
+def write_report(
+    sweep: dict[str, Any], classifier_accuracy: float, about: str, data: str, folder: Path
+) -> dict[str, str]:
+    """guidance_table.md (what was measured, then `markdown_table`), guidance_table.csv and guidance_plot.png of a
+    guidance sweep (`sweep`: its rows, sampler, reference and seed) in `folder`; `about` names the checkpoint, `data`
+    the data source."""
+    rows = sweep["rows"]
+    intro = (
+        f"Guidance sweep: {about}, {sweep['sampler']}, classes spread evenly, against the {sweep['reference']}; the "
+        f"same {rows[0]['n']} seeds (fid.seed={sweep['seed']}) for every w.\n\n"
+    )
+    title = f"{data}, N = {rows[0]['n']}"
+    return reports.write_report(
+        folder,
+        "guidance",
+        intro + markdown_table(rows, classifier_accuracy),
+        rows,
+        COLUMNS,
+        lambda path: plot(rows, path, classifier_accuracy, title),
+    )

@@ -85,3 +85,17 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
         ax.set(xlabel="network calls per image (NFE)", ylabel=what, title=f"{what} against NFE")
     a.legend()
     return reports.save_figure(fig, path, title, (a, b))
+
+
+def write_report(sweep: dict[str, Any], about: str, data: str, folder: Path) -> dict[str, str]:
+    """nfe_table.md (what was measured, then `markdown_table`), nfe_table.csv and nfe_plot.png of a sampler sweep
+    (`sweep`: its rows, reference and seed) in `folder`; `about` names the checkpoint, `data` the data source."""
+    rows = sweep["rows"]
+    intro = (
+        f"Quality against network calls: {about}, against the {sweep['reference']}; the same {rows[0]['n']} seeds "
+        f"(fid.seed={sweep['seed']}) in every cell.\n\n"
+    )
+    title = f"{data}, N = {rows[0]['n']}"
+    return reports.write_report(
+        folder, "nfe", intro + markdown_table(rows), rows, COLUMNS, lambda path: plot(rows, path, title)
+    )
