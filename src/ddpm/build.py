@@ -1,4 +1,5 @@
-"""Config -> parts: the diffusion, the network, the LightningModule and the sampler described by a run config.
+"""Config -> parts: the diffusion, its training recipe, the network, the LightningModule and the sampler described by a
+run config.
 
 Used by the entry points (cli/), the benchmarks, the notebooks and checkpoint loading, so that every one of them
 builds exactly the model that training built. Errors in a config value become one-sentence ConfigErrors.
@@ -14,15 +15,42 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm import config as _config  # noqa: F401  (registers the resolvers the configs use)
-from ddpm.diffusion import GaussianDiffusion, Sampler, make_beta_schedule, make_sampler
+from ddpm.diffusion import GaussianDiffusion, Recipe, Sampler, make_beta_schedule, make_sampler
 from ddpm.errors import ConfigError, building
 from ddpm.training import DiffusionModule
 
+# the settings of the training recipe; run configs written before `recipe` was its own group carry them in `diffusion`
+RECIPE_KEYS = (
+    "t_sampling",
+    "log_sigma_mean",
+    "log_sigma_std",
+    "loss_weight",
+    "snr_gamma",
+    "stf_reference",
+    "vlb_weight",
+)
+
 
 def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
-    """The GaussianDiffusion of cfg.schedule (betas) and cfg.diffusion (objective, variance, clipping)."""
+    """The GaussianDiffusion of cfg.schedule (betas) and cfg.diffusion (objective, variance, clipping,
+    self-conditioning)."""
     betas = building("schedule", lambda: make_beta_schedule(**cfg.schedule))
-    return building("diffusion", lambda: GaussianDiffusion(betas, **cfg.diffusion))
+    process = {k: v for k, v in cfg.diffusion.items() if k not in RECIPE_KEYS}
+    return building("diffusion", lambda: GaussianDiffusion(betas, **process))
+
+
+def recipe_settings(cfg: DictConfig) -> dict[str, Any]:
+    """cfg.recipe as a dict; for a run config of older code, the recipe keys of its diffusion node (the rest take
+    `Recipe`'s defaults, which are what that code did without them)."""
+    if cfg.get("recipe") is not None:
+        return OmegaConf.to_container(cfg.recipe, resolve=True)
+    return {k: v for k, v in OmegaConf.to_container(cfg.diffusion, resolve=True).items() if k in RECIPE_KEYS}
+
+
+def build_recipe(cfg: DictConfig, diffusion: GaussianDiffusion) -> Recipe:
+    """The training recipe of cfg.recipe for `diffusion`."""
+    settings = recipe_settings(cfg)
+    return building("recipe", lambda: Recipe(diffusion, **settings))
 
 
 def build_network(cfg: DictConfig) -> torch.nn.Module:
@@ -54,12 +82,14 @@ def compile_requested(cfg: DictConfig) -> bool:
 def build_module(cfg: DictConfig) -> DiffusionModule:
     """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
     diffusion = build_diffusion(cfg)
+    recipe = build_recipe(cfg, diffusion)
     net = build_network(cfg)
     return building(
         "optim/ema",
         lambda: DiffusionModule(
             net,
             diffusion,
+            recipe,
             lr=cfg.optim.lr,
             weight_decay=cfg.optim.weight_decay,
             adam_betas=tuple(cfg.optim.adam_betas),

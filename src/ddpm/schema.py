@@ -9,14 +9,17 @@ chosen option (a schedule, a sampler) is typed by its option's dataclass at chec
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ddpm import diffusion
+from ddpm.data import ImageDataModule
 from ddpm.errors import ConfigError
 
 # ---- train.py ----------------------------------------------------------------------------------------------------
@@ -39,19 +42,20 @@ class EMA:
     warmup: bool = True
 
 
-@dataclass
-class Diffusion:
-    objective: str = MISSING
-    var_type: str = MISSING
-    clip_denoised: bool = True
-    loss_weight: str = "none"
-    snr_gamma: float = 5.0
-    t_sampling: str = "uniform"
-    log_sigma_mean: float = -1.2
-    log_sigma_std: float = 1.2
-    stf_reference: int = 0
-    self_condition: bool = False
-    vlb_weight: float = 0.001
+def settings_of(cls: type, built_from: str | None = None, target: bool = False) -> type:
+    """A dataclass with one field per setting of `cls.__init__` (all but self and `built_from`, the object it is built
+    on), typed by its annotation, and `_target_` first if the node is instantiated by Hydra: the config's types follow
+    the signature of the class the node builds. No defaults: the group's files give every value (a default here
+    would also fill a `???` that an option leaves for the user, since a merge does not overwrite with `???`)."""
+    params = inspect.signature(cls.__init__, eval_str=True).parameters.values()
+    names = (["_target_"] if target else []) + [p.name for p in params if p.name not in ("self", built_from)]
+    types = {"_target_": str} | {p.name: p.annotation for p in params}
+    return make_dataclass(cls.__name__ + "Settings", [(n, types[n], field(default=MISSING)) for n in names])
+
+
+Diffusion = settings_of(diffusion.GaussianDiffusion, "betas")  # the process, built on the schedule's betas
+Recipe = settings_of(diffusion.Recipe, "diffusion")  # how training uses the process
+Data = settings_of(ImageDataModule, target=True)
 
 
 @dataclass
@@ -69,25 +73,6 @@ class Model:
     channels_last: bool = False
     scale_shift_norm: bool = False
     num_classes: Any = None  # null, a number, or auto (condition=class)
-
-
-@dataclass
-class Data:
-    _target_: str = MISSING
-    source: str = MISSING
-    root: str = MISSING
-    image_size: int = MISSING
-    channels: int = MISSING
-    batch_size: int = MISSING
-    global_batch_size: int | None = None
-    eval_batch_size: int | None = None
-    val_loss_n: int | None = None
-    num_workers: int = 0
-    hflip: bool = False
-    download: bool = False
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    labels: bool = False
 
 
 @dataclass
@@ -135,6 +120,7 @@ class TrainConfig:
     optim: Optim = field(default_factory=Optim)
     ema: EMA = field(default_factory=EMA)
     diffusion: Diffusion = field(default_factory=Diffusion)
+    recipe: Recipe = field(default_factory=Recipe)
     model: Model = field(default_factory=Model)
     data: Data = field(default_factory=Data)
     trainer: Trainer = field(default_factory=Trainer)

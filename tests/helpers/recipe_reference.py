@@ -19,17 +19,19 @@ from tests.helpers.paths import ROOT
 
 REFERENCE = ROOT / "tests" / "data" / "recipe_v1" / "reference.pt"
 
-# name -> the overrides of that setup (spelled for today's config groups)
+# name -> the overrides of that setup (spelled for today's config groups: the recipe group came with the step; before
+# it, diffusion=eps and diffusion=v carried the paper's recipe and the recipe keys were diffusion.*)
 CASES = {
     "cpu_default_x0": [],
-    "paper_eps_uniform": ["diffusion=eps"],
-    "v_uniform": ["diffusion=v"],
+    "paper_eps_uniform": ["diffusion=eps", "recipe=paper"],
+    "v_uniform": ["diffusion=v", "recipe=paper"],
     "eps_min_snr_stratified": [
         "diffusion=eps",
-        "diffusion.loss_weight=min_snr",
-        "diffusion.t_sampling=stratified",
+        "recipe=paper",
+        "recipe.loss_weight=min_snr",
+        "recipe.t_sampling=stratified",
     ],
-    "eps_learned_range": ["diffusion=eps", "diffusion.var_type=learned_range"],
+    "eps_learned_range": ["diffusion=eps", "recipe=paper", "diffusion.var_type=learned_range"],
     "x0_self_condition": ["diffusion.self_condition=true"],
     "conditional_x0": ["condition=class", "model.num_classes=10"],
 }

@@ -117,8 +117,8 @@ def test_cosine_schedule_with_csv_logger(run_train, tmp_path):
             "error: model.scale_shift_norm must be true or false, got 1.5",
         ),
         (
-            ["diffusion.t_sampling=lognormal", "diffusion.log_sigma_std=0"],
-            "error: invalid diffusion config: log_sigma_std must be positive, got 0",
+            ["recipe.t_sampling=lognormal", "recipe.log_sigma_std=0"],
+            "error: invalid recipe config: log_sigma_std must be positive, got 0",
         ),
         (
             ["trainer.devices=0"],

@@ -122,3 +122,36 @@ def test_instantiate_builds_the_unet_of_every_model_option(model, data):
     cfg = compose_config(overrides=[f"model={model}", f"data={data}"])
     net = hydra.utils.instantiate(cfg.model)
     assert isinstance(net, UNet) and net.image_size == cfg.data.image_size
+
+
+def test_the_process_takes_only_what_defines_it():
+    """GaussianDiffusion is the paper (betas, objective, reverse variance, clipping, self-conditioned calls); how
+    training draws t, weighs the loss and picks its target is the recipe's."""
+    import inspect
+
+    from ddpm.diffusion import GaussianDiffusion, Recipe
+
+    settings = [p for p in inspect.signature(GaussianDiffusion.__init__).parameters if p != "self"]
+    assert len(settings) <= 5, settings
+    recipe = [p for p in inspect.signature(Recipe.__init__).parameters if p not in ("self", "diffusion")]
+    assert not set(recipe) & set(settings)
+    assert {"t_sampling", "loss_weight", "stf_reference"} <= set(recipe)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+def test_an_objective_option_changes_the_objective_and_nothing_else(objective):
+    """diffusion=eps|v against the default diffusion=x0, each with the default recipe: the composed configs differ in
+    diffusion.objective only (before the recipe group, diffusion=v also dropped the CPU default's recipe)."""
+    from omegaconf import OmegaConf
+
+    def flat(cfg, prefix=""):
+        out = {}
+        for k, v in cfg.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    base = flat(OmegaConf.to_container(compose_config(), resolve=False))
+    other = flat(OmegaConf.to_container(compose_config(overrides=[f"diffusion={objective}"]), resolve=False))
+    differ = {k for k in set(base) | set(other) if base.get(k) != other.get(k)}
+    assert differ == {"diffusion.objective"}
+    assert (base["diffusion.objective"], other["diffusion.objective"]) == ("x0", objective)

@@ -46,3 +46,24 @@ def test_a_legacy_checkpoint_samples_what_the_old_code_sampled(tmp_path, sampler
     # the last float bit
     diff = np.abs(ours - old)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_a_run_config_from_before_the_recipe_group_builds_the_same_recipe():
+    """Run configs written before `recipe` was its own group carry the recipe's keys in `diffusion`: a checkpoint of
+    such a run rebuilds the process and the recipe it trained with."""
+    from omegaconf import OmegaConf
+
+    from ddpm.build import build_module
+    from ddpm.config import compose_config
+
+    now = OmegaConf.to_container(
+        compose_config(overrides=["recipe.loss_weight=min_snr", "recipe.snr_gamma=2.0"])
+    )
+    old = {**now, "diffusion": {**now["diffusion"], **now["recipe"]}}
+    del old["recipe"]
+    module = build_module(OmegaConf.create(old))
+    assert (module.diffusion.objective, module.diffusion.var_type) == ("x0", "fixed_large")
+    recipe = module.recipe
+    assert (recipe.t_sampling, recipe.log_sigma_mean, recipe.log_sigma_std) == ("lognormal", 0.5, 1.5)
+    assert (recipe.loss_weight, module.stable_target.size) == ("min_snr", 1024)
+    assert torch.equal(recipe.loss_weights, build_module(OmegaConf.create(now)).recipe.loss_weights)

@@ -7,7 +7,8 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion, make_beta_schedule, make_sampler
 from ddpm.diffusion.guidance import ClassConditioned
-from ddpm.diffusion.self_conditioning import SelfConditioned, refined, self_condition_input
+from ddpm.diffusion.recipe import Recipe, self_condition_input
+from ddpm.diffusion.self_conditioning import SelfConditioned, refined
 from ddpm.training import DiffusionModule
 from tests.helpers.tiny import tiny_unet
 
@@ -81,7 +82,7 @@ def test_the_loss_is_that_of_the_second_pass_and_only_it_carries_gradient():
     net = Recorder()
     x0, t, noise = torch.rand(4, 1, 2, 2) * 2 - 1, torch.tensor([5, 20, 60, 99]), torch.randn(4, 1, 2, 2)
     seed = next(s for s in range(100) if torch.rand((), generator=torch.Generator().manual_seed(s)) < 0.5)
-    loss = d.training_losses(net, x0, t, noise, generator=torch.Generator().manual_seed(seed))
+    loss = Recipe(d).losses(net, x0, t, noise, generator=torch.Generator().manual_seed(seed))
     (x_t, _, zeros, first), (x_t2, _, x_cond, second) = net.calls
     assert torch.equal(zeros, torch.zeros_like(x0)) and torch.equal(x_t2, x_t)
     assert torch.allclose(x_cond, x0_from_eps(x_t, t, first))

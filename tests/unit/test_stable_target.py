@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from ddpm.diffusion import GaussianDiffusion, make_beta_schedule
-from ddpm.diffusion.process import stable_target
+from ddpm.diffusion import GaussianDiffusion, StableTargetField, make_beta_schedule
+from ddpm.diffusion.recipe import stable_target
 
 torch.manual_seed(0)
 BETAS = make_beta_schedule("linear", 1000)
@@ -56,7 +56,9 @@ def test_loss_trains_on_the_posterior_mean_and_the_noise_it_implies(objective):
     x0, t, noise = reference[:2], torch.tensor([400, 450]), torch.randn(2, 1, 5, 5)
     x_t = d.q_sample(x0, t, noise)
     zero = lambda x, _t: torch.zeros_like(x)  # noqa: E731  the loss is then the squared target
-    loss = d.training_losses(zero, x0, t, noise, reference=reference)
+    field = StableTargetField(len(reference))
+    field.target(reference[2:])
+    loss = d.training_losses(zero, x0, t, noise, x0_target=field.target(x0))  # x0 joins the reference images
     for i in range(2):
         ab = d.alphas_cumprod[t[i]].item()
         m = bayes_posterior_mean(x_t[i], ab, reference).float()
@@ -69,22 +71,29 @@ def test_loss_trains_on_the_posterior_mean_and_the_noise_it_implies(objective):
 
 def test_negative_reference_size_is_refused():
     with pytest.raises(ValueError, match="stf_reference must be >= 0"):
-        GaussianDiffusion(BETAS, stf_reference=-1)
+        StableTargetField(-1)
 
 
-def test_the_module_keeps_the_batch_then_the_most_recent_images():
+def test_the_field_keeps_the_batch_then_the_most_recent_images():
+    field = StableTargetField(10)
+    for k in range(3):
+        field.target(torch.full((4, 1, 28, 28), float(k)))
+        assert field.images.shape[0] == min(4 * (k + 1), 10)
+    assert field.images[:, 0, 0, 0].tolist() == [2.0] * 4 + [1.0] * 4 + [0.0] * 2
+    restored = StableTargetField(10)
+    restored.load_state_dict(field.state_dict())
+    assert torch.equal(restored.images, field.images) and restored.labels is None
+    assert (
+        StableTargetField(0).target(torch.zeros(4, 1, 28, 28)) is None and StableTargetField(0).images is None
+    )
+
+
+def test_the_module_owns_the_field_the_recipe_sizes():
     from ddpm.build import build_module
     from ddpm.config import compose_config
 
-    module = build_module(compose_config(overrides=["diffusion.stf_reference=10"]))
-    batches = [torch.full((4, 1, 28, 28), float(k)) for k in range(3)]
-    refs = [module._reference(b)[0] for b in batches]
-    assert [r.shape[0] for r in refs] == [4, 8, 10]
-    assert refs[2][:, 0, 0, 0].tolist() == [2.0] * 4 + [1.0] * 4 + [0.0] * 2
-    assert build_module(compose_config(overrides=["diffusion.stf_reference=0"]))._reference(batches[0]) == (
-        None,
-        None,
-    )
+    assert build_module(compose_config(overrides=["recipe.stf_reference=10"])).stable_target.size == 10
+    assert build_module(compose_config(overrides=["recipe=paper"])).stable_target.size == 0
 
 
 def test_validation_neither_feeds_the_reference_nor_uses_it():
@@ -93,15 +102,15 @@ def test_validation_neither_feeds_the_reference_nor_uses_it():
     from ddpm.build import build_module
     from ddpm.config import compose_config
 
-    module = build_module(compose_config(overrides=["diffusion.stf_reference=10"]))
-    plain = build_module(compose_config())
+    module = build_module(compose_config(overrides=["recipe.stf_reference=10"]))
+    plain = build_module(compose_config(overrides=["recipe.stf_reference=0"]))
     plain.load_state_dict(module.state_dict())
     train_batch = torch.rand(4, 1, 28, 28) * 2 - 1
-    module._reference(train_batch)
+    module.stable_target.target(train_batch)
     held_out = torch.rand(6, 1, 28, 28) * 2 - 1
     with torch.no_grad():
         loss, plain_loss = module.validation_step(held_out, 0), plain.validation_step(held_out, 0)
-    assert torch.equal(module._reference_queue, train_batch)
+    assert torch.equal(module.stable_target.images, train_batch)
     assert torch.equal(loss, plain_loss)
 
 
@@ -119,23 +128,34 @@ def test_a_conditional_target_is_the_posterior_over_its_own_class():
         torch.testing.assert_close(target[i], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_the_module_allows_the_class_conditioned_on_and_all_for_the_null_class():
+def test_a_conditional_field_allows_the_class_conditioned_on_and_all_for_the_null_class():
+    d = GaussianDiffusion(BETAS)
+    k = 10  # the null class
+    field = StableTargetField(6)
+    first = torch.rand(3, 1, 6, 6) * 2 - 1
+    field.target(first, torch.tensor([0, 1, 2]))
+    x0, y = torch.rand(3, 1, 6, 6) * 2 - 1, torch.tensor([1, 1, 0])
+    conditioned_on = torch.tensor([1, k, 0])  # the second label dropped
+    target = field.target(x0, y, conditioned_on, null_class=k)
+    reference, ref_labels = torch.cat([x0, first]), torch.tensor([1, 1, 0, 0, 1, 2])
+    assert torch.equal(field.images, reference) and torch.equal(field.labels, ref_labels)
+    t = torch.full((3,), 450)
+    x_t = d.q_sample(x0, t, torch.randn_like(x0))
+    got = target(x_t, d.sqrt_alphas_cumprod[t])
+    ab = d.alphas_cumprod[450].item()
+    for i, allowed in enumerate((ref_labels == 1, torch.ones(6, dtype=torch.bool), ref_labels == 0)):
+        expected = bayes_posterior_mean(x_t[i], ab, reference[allowed]).float()
+        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_conditional_module_trains_on_it():
     from ddpm.build import build_module
     from ddpm.config import compose_config
 
     module = build_module(
-        compose_config(overrides=["condition=class", "diffusion.stf_reference=6", "model.num_classes=10"])
+        compose_config(overrides=["condition=class", "recipe.stf_reference=6", "model.num_classes=10"])
     )
-    k = module.num_classes
-    first = torch.zeros(3, 1, 28, 28), torch.tensor([0, 1, 2])
-    module._reference(*first)
-    x0, y = torch.ones(3, 1, 28, 28), torch.tensor([1, 1, 0])
-    conditioned_on = torch.tensor([1, k, 0])  # the second label dropped
-    reference, allowed = module._reference(x0, y, conditioned_on)
-    ref_labels = [1, 1, 0, 0, 1, 2]
-    assert reference[:3].eq(1).all() and reference[3:].eq(0).all()
-    expected = [[label == 1 for label in ref_labels], [True] * 6, [label == 0 for label in ref_labels]]
-    assert allowed.tolist() == expected
     module.hparams.noise_seed = 1
     loss = module.training_step((torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([3, 3, 7, 9])), 0)
     assert torch.isfinite(loss)
+    assert module.stable_target.labels.tolist() == [3, 3, 7, 9]

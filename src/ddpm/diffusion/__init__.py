@@ -1,16 +1,16 @@
-"""Diffusion math in plain PyTorch (no Lightning, no Hydra): schedules, the Gaussian process, samplers."""
+"""Diffusion math in plain PyTorch (no Lightning, no Hydra): schedules, the Gaussian process, the training recipe,
+samplers."""
 
 from ddpm.diffusion.process import (
-    LOSS_WEIGHTS,
     OBJECTIVES,
     VAR_TYPES,
     GaussianDiffusion,
     Model,
     Progress,
-    min_snr_weights,
     naive_step,
     q_step,
 )
+from ddpm.diffusion.recipe import LOSS_WEIGHTS, T_SAMPLINGS, Recipe, StableTargetField
 from ddpm.diffusion.samplers import (
     SAMPLERS,
     DDIMSampler,
@@ -28,17 +28,19 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULES",
+    "T_SAMPLINGS",
     "VAR_TYPES",
     "DDIMSampler",
     "DDPMSampler",
     "GaussianDiffusion",
     "Model",
     "Progress",
+    "Recipe",
     "RespacedModel",
     "Sampler",
+    "StableTargetField",
     "make_beta_schedule",
     "make_sampler",
-    "min_snr_weights",
     "naive_step",
     "p_sample_loop",
     "q_step",

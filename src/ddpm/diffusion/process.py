@@ -13,7 +13,6 @@ Notation (index i = 0..T-1 is the paper's t = i + 1):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -21,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddpm.diffusion.likelihood import NATS_PER_BIT, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from ddpm.diffusion.self_conditioning import self_condition_input
 
 Model = Callable[[Tensor, Tensor], Tensor]
 # progress(iterable, description) -> the same items, reporting progress as they are consumed (passed in by callers)
@@ -29,49 +27,6 @@ Progress = Callable[[Iterable[int], str], Iterable[int]]
 
 OBJECTIVES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_large", "fixed_small", "learned_range")
-LOSS_WEIGHTS = ("none", "min_snr", "x0_mse")
-T_SAMPLINGS = ("uniform", "stratified", "lognormal")
-
-
-def min_snr_weights(snr: Tensor, objective: str, gamma: float) -> Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) per timestep: the weight that makes the objective's MSE equal
-    min(SNR_t, gamma) ||x_0 - x0_theta||^2, i.e. min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v,
-    and min(SNR, gamma) for x0."""
-    clipped = snr.clamp(max=gamma)
-    if objective == "eps":
-        return clipped / snr
-    if objective == "v":
-        return clipped / (snr + 1.0)
-    return clipped
-
-
-def x0_mse_weights(snr: Tensor, objective: str) -> Tensor:
-    """The weight that turns the objective's MSE into the squared error of the x_0 it implies, ||x_0 - x0_theta||^2:
-    1 / SNR for eps (eps - eps_theta = sqrt(SNR) (x0_theta - x_0)), 1 / (SNR + 1) for v, 1 for x0. With v this trains
-    the v-parameterised network (whose x_0 passes x_t through at low noise) on the x0 objective's weighting."""
-    if objective == "eps":
-        return 1.0 / snr
-    if objective == "v":
-        return 1.0 / (snr + 1.0)
-    return torch.ones_like(snr)
-
-
-def stable_target(
-    x_t: Tensor, sqrt_alphabar: Tensor, reference: Tensor, allowed: Tensor | None = None
-) -> Tensor:
-    """The stable target field (Xu et al. 2023): the posterior mean of x_0 given x_t when x_0 is uniform over the
-    reference images r_j, E[x_0 | x_t] = sum_j w_j r_j with w_j = softmax_j(-||x_t - sqrt(alphabar_t) r_j||^2 /
-    (2 (1 - alphabar_t))), i.e. w_j proportional to q(x_t | x_0 = r_j). x_t [B, ...], sqrt_alphabar [B] (float64 is
-    best), reference [R, ...]; allowed [B, R] (bool, optional) restricts example i's posterior to the r_j it allows
-    (a conditional network's E[x_0 | x_t, y]: the references of its class); returns [B, ...] in x_t's dtype."""
-    a = sqrt_alphabar.double().view(-1, 1)
-    xt = x_t.flatten(1).double()
-    ref = reference.flatten(1).double()
-    # ||x_t - a r||^2 = ||x_t||^2 - 2 a <x_t, r> + a^2 ||r||^2; the first term is the same for every j
-    logits = (2 * a * (xt @ ref.T) - a**2 * ref.square().sum(1)) / (2 * (1 - a**2))
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, -math.inf)
-    return (logits.softmax(dim=1) @ ref).to(x_t.dtype).view_as(x_t)
 
 
 def q_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
@@ -88,29 +43,18 @@ def naive_step(x_prev: Tensor, beta: Tensor | float, eps: Tensor) -> Tensor:
 
 
 class GaussianDiffusion:
-    """Forward process, posterior, reverse-process parameterisation, losses and the ancestral sampler.
+    """Forward process, posterior, reverse-process parameterisation, the loss and the ancestral sampler: the paper.
+    How training draws t, weighs the loss and picks its target is the training recipe (`ddpm.diffusion.recipe`).
 
     Args:
         betas: float64 [T] variance schedule (see `make_beta_schedule`).
         objective: what the network predicts: "eps" (the paper's L_simple), "x0", or "v" (Salimans & Ho 2022).
         var_type: reverse-process variance sigma_t^2: "fixed_large" (beta_t), "fixed_small" (betatilde_t) or
             "learned_range" (the network outputs twice the image channels; the second half v interpolates the two in
-            log space, see `learned_log_variance`; training adds vlb_weight * L_vlb, see `training_losses`).
+            log space, see `learned_log_variance`; training adds a weighted L_vlb, see `training_losses`).
         clip_denoised: clip the predicted x_0 to [-1, 1] before forming the posterior mean when sampling.
-        loss_weight: "none" (L_simple: every t weighs 1), "min_snr" (Hang et al. 2023, see `min_snr_weights`) or
-            "x0_mse" (every objective's loss equals the x_0 error, see `x0_mse_weights`).
-        snr_gamma: gamma of min_snr.
-        t_sampling: how a training batch draws its t (see `sample_timesteps`): "uniform" (each t independent),
-            "stratified" (one t in each 1/B of [0, T): each still uniform, the batch's loss of lower variance) or
-            "lognormal" (the noise level sigma_t = sqrt((1 - alphabar_t) / alphabar_t) log-normal, as in Karras et al.
-            2022: ln sigma ~ N(log_sigma_mean, log_sigma_std^2), rounded to the nearest t; this re-weights the loss).
-        log_sigma_mean, log_sigma_std: the normal of ln sigma for t_sampling="lognormal".
-        stf_reference: R > 0 trains on the stable target field (Xu et al. 2023, see `stable_target`): the posterior
-            mean of x_0 over R reference images (the batch and the training images before it) instead of x_0 itself,
-            a lower-variance target at high noise; 0 (the default) trains on x_0 and eps as drawn.
-        vlb_weight: lambda of L_hybrid = L_simple + lambda L_vlb (learned_range only; 0.001 in Nichol & Dhariwal).
         self_condition: the network also takes an estimate of x_0, net(x_t, t, x_cond=x0_hat) (Chen et al. 2022; see
-            `ddpm.diffusion.self_conditioning`): training feeds it its own prediction for half of the batches.
+            `ddpm.diffusion.self_conditioning` for sampling, `ddpm.diffusion.recipe` for training).
     """
 
     def __init__(
@@ -119,27 +63,8 @@ class GaussianDiffusion:
         objective: str = "eps",
         var_type: str = "fixed_large",
         clip_denoised: bool = True,
-        loss_weight: str = "none",
-        snr_gamma: float = 5.0,
-        vlb_weight: float = 0.001,
-        t_sampling: str = "uniform",
         self_condition: bool = False,
-        log_sigma_mean: float = -1.2,
-        log_sigma_std: float = 1.2,
-        stf_reference: int = 0,
     ) -> None:
-        if not vlb_weight >= 0:
-            raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
-        if loss_weight not in LOSS_WEIGHTS:
-            raise ValueError(f"unknown loss_weight {loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
-        if t_sampling not in T_SAMPLINGS:
-            raise ValueError(f"unknown t_sampling {t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
-        if not snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
-        if stf_reference < 0:
-            raise ValueError(f"stf_reference must be >= 0 (0: off), got {stf_reference}")
-        if not log_sigma_std > 0:
-            raise ValueError(f"log_sigma_std must be positive, got {log_sigma_std}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if var_type not in VAR_TYPES:
@@ -148,14 +73,9 @@ class GaussianDiffusion:
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1]")
         self.objective = objective
-        self.t_sampling = t_sampling
-        self.log_sigma_mean = float(log_sigma_mean)
-        self.log_sigma_std = float(log_sigma_std)
-        self.stf_reference = int(stf_reference)
         self.self_condition = bool(self_condition)
         self.var_type = var_type
         self.learns_variance = var_type == "learned_range"
-        self.vlb_weight = float(vlb_weight)
         self.clip_denoised = clip_denoised
         self.num_timesteps = int(betas.shape[0])
 
@@ -170,17 +90,6 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = torch.log1p(-self.alphas_cumprod)
         # signal-to-noise ratio of x_t: SNR(t) = alphabar_t / (1 - alphabar_t)
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
-        # ln sigma_t = -ln SNR(t) / 2, increasing in t; a log-normal sigma falls to the t whose ln sigma_t is nearest:
-        # t = the number of midpoints (ln sigma_t + ln sigma_{t+1}) / 2 below it
-        log_sigma = -0.5 * self.snr.log()
-        self.log_sigma_midpoints = 0.5 * (log_sigma[:-1] + log_sigma[1:])
-        # the weight of each t in the training loss
-        self.loss_weight = loss_weight
-        self.loss_weights = {
-            "none": lambda: torch.ones_like(betas),
-            "min_snr": lambda: min_snr_weights(self.snr, objective, snr_gamma),
-            "x0_mse": lambda: x0_mse_weights(self.snr, objective),
-        }[loss_weight]()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 
@@ -360,82 +269,50 @@ class GaussianDiffusion:
         return out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
 
     # ------------------------------------------------------------------ training
-    def sample_timesteps(
-        self, n: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """n training timesteps.
-
-        uniform: i.i.d. t_i ~ U{0..T-1}. stratified (the low-discrepancy sampler of Kingma et al. 2021, VDM):
-        u ~ U[0, 1), t_i = floor(T ((u + i / n) mod 1)), one t in each n-th of [0, T), so a batch covers the noise
-        levels evenly and its mean loss, an unbiased estimate of the same expectation, varies less; each t_i is still
-        marginally uniform. lognormal (Karras et al. 2022): i.i.d. ln sigma_i ~ N(log_sigma_mean, log_sigma_std^2),
-        t_i = argmin_t |ln sigma_t - ln sigma_i|, so P(t) = Phi((m_t - mu) / s) - Phi((m_{t-1} - mu) / s) with m_t the
-        midpoint between ln sigma_t and ln sigma_{t+1} (m_{-1} = -inf, m_{T-1} = +inf).
-        """
-        if self.t_sampling == "uniform":
-            return torch.randint(0, self.num_timesteps, (n,), device=device, generator=generator)
-        if self.t_sampling == "lognormal":
-            z = torch.randn((n,), device=device, generator=generator, dtype=torch.float64)
-            log_sigma = self.log_sigma_mean + self.log_sigma_std * z
-            key = ("log_sigma_midpoints", torch.device(device))
-            if key not in self._device_cache:  # float64, as log_sigma
-                self._device_cache[key] = self.log_sigma_midpoints.to(device)
-            return torch.bucketize(log_sigma, self._device_cache[key])
-        u = torch.rand((), device=device, generator=generator, dtype=torch.float64)
-        s = (u + torch.arange(n, device=device, dtype=torch.float64) / n) % 1.0
-        return (s * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
-
     def training_losses(
         self,
         model: Model,
         x0: Tensor,
         t: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        reference: Tensor | None = None,
-        reference_allowed: Tensor | None = None,
+        *,
+        x0_target: Callable[[Tensor, Tensor], Tensor] | None = None,
+        weights: Tensor | None = None,
+        vlb_weight: float = 0.001,
     ) -> Tensor:
-        """Per-example mean squared error between the network output at x_t and the objective's target, times the
-        loss weight of t (1 for loss_weight="none").
+        """Per-example mean squared error between the network output at x_t and the objective's target, times
+        weights [B] (lambda(t), default 1); what t, weights and target are is the recipe's choice
+        (`ddpm.diffusion.recipe`).
 
-        For the eps objective and no weighting this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 +
+        For the eps objective and no weights this is L_simple = E || eps - eps_theta(sqrt(alphabar_t) x_0 +
         sqrt(1-alphabar_t) eps, t) ||^2. With learned_range it is L_hybrid (Nichol & Dhariwal 2021, sec. 3.1): plus
         vlb_weight * T * L_{t-1} in bits/dim, the single-t estimate of vlb_weight * L_vlb, computed with the predicted
         mean held fixed (detached) so that the bound trains only the variance.
 
-        A self-conditioned network (self_condition) is called as model(x_t, t, x_cond=x0_hat), x0_hat from
-        `self_condition_input`: its own detached prediction for half of the batches (the coin drawn from
-        `generator`), zeros for the others.
-
-        With reference images [R, ...] (the stable target field, `stable_target`) the target is formed from x_0's
-        posterior mean over them (restricted per example by reference_allowed [B, R]) and the noise it implies,
-        (x_t - sqrt(alphabar_t) E[x_0 | x_t]) / sqrt(1 - alphabar_t), in place of the x_0 and eps that were drawn.
+        x0_target(x_t, sqrt(alphabar_t)) replaces the x_0 regressed on (the stable target field): the target is formed
+        from it and the noise it implies, (x_t - sqrt(alphabar_t) x0_target) / sqrt(1 - alphabar_t), in place of the
+        x_0 and eps that were drawn. A self-conditioned network is passed in as model(x_t, t) that feeds it its
+        estimate (`ddpm.diffusion.recipe.self_conditioned_training`).
         """
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        if self.self_condition:
-            x0_hat = self_condition_input(model, self.data_prediction, x_t, t, generator)
-            model_output = model(x_t, t, x_cond=x0_hat)
-        else:
-            model_output = model(x_t, t)
-        prediction, v = self.split_output(model_output)
-        if reference is None:
+        prediction, v = self.split_output(model(x_t, t))
+        if x0_target is None:
             target = self.training_target(x0, t, noise)
-        else:  # the stable target field: x_0's posterior mean over the reference images, and the eps it implies
-            sqrt_ab = self.sqrt_alphas_cumprod.to(t.device)[t]
-            x0_target = stable_target(x_t, sqrt_ab, reference, reference_allowed)
+        else:
+            x0_t = x0_target(x_t, self.sqrt_alphas_cumprod.to(t.device)[t])
             a = self._extract("sqrt_alphas_cumprod", t, x_t)
-            noise_target = (x_t - a * x0_target) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
-            target = self.training_target(x0_target, t, noise_target)
+            noise_t = (x_t - a * x0_t) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+            target = self.training_target(x0_t, t, noise_t)
         mse = F.mse_loss(prediction.float(), target, reduction="none").flatten(1).mean(1)
-        if self.loss_weight != "none":
-            mse = self._extract("loss_weights", t, mse).view(-1) * mse
+        if weights is not None:
+            mse = weights.to(mse.dtype) * mse
         if v is None:
             return mse
         frozen = torch.cat([prediction.detach(), v], dim=1)
         vb = self.vb_term_bpd(lambda *_: frozen, x0, x_t, t, clip_denoised=False)
-        return mse + self.vlb_weight * self.num_timesteps * vb
+        return mse + vlb_weight * self.num_timesteps * vb
 
     # ------------------------------------------------------------------ variational bound (bits per dimension)
     def prior_bpd(self, x0: Tensor) -> Tensor:

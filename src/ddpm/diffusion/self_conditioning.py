@@ -4,7 +4,7 @@ The network sees a second input beside x_t: an estimate x0_hat of x_0, zeros whe
 
 Training (Algorithm 1): for half of the batches, x0_hat is the network's own x_0 prediction from x_t with the empty
 condition, computed without gradient; for the other half x0_hat = 0. Then the loss is that of net(x_t, t, x0_hat).
-The extra forward pass costs about a sixth of a step on average (a backward pass costs two forward passes).
+That coin is part of the training recipe: `ddpm.diffusion.recipe.self_condition_input`.
 
 Sampling (Algorithm 2): each network call of a chain is conditioned on the x_0 predicted by the chain's previous call
 (zeros at the first), so the estimate is refined along the chain at no extra network call.
@@ -24,25 +24,6 @@ from torch import Tensor
 SelfConditionedNet = Callable[..., Tensor]
 # the x_0 implied by a network output: x0_of(x_t, t, output)
 DataPrediction = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-def self_condition_input(
-    net: SelfConditionedNet,
-    x0_of: DataPrediction,
-    x_t: Tensor,
-    t: Tensor,
-    generator: torch.Generator | None = None,
-    p: float = 0.5,
-) -> Tensor:
-    """x0_hat for a training batch (Algorithm 1): with probability p, x0_of(x_t, t, net(x_t, t, x_cond=0)) held
-    fixed (no gradient flows through it); otherwise zeros. One coin per batch, drawn from `generator` (on a GPU,
-    reading it waits for the device once per step: the price of skipping the extra pass on half the batches)."""
-    empty = torch.zeros_like(x_t)
-    coin = torch.rand((), generator=generator, device=x_t.device)
-    if float(coin) >= p:
-        return empty
-    with torch.no_grad():
-        return x0_of(x_t, t, net(x_t, t, x_cond=empty)).to(x_t.dtype)
 
 
 class SelfConditioned:

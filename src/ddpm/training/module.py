@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
-from ddpm.diffusion import GaussianDiffusion, Progress, Sampler
+from ddpm.diffusion import GaussianDiffusion, Progress, Recipe, Sampler, StableTargetField
 from ddpm.diffusion.guidance import ClassConditioned, drop_labels, spread_labels
 from ddpm.diffusion.self_conditioning import SelfConditioned
 from ddpm.training.ema import EMA, ema_decay_at
@@ -23,6 +23,8 @@ class DiffusionModule(L.LightningModule):
     Args:
         net: the network, called as net(x_t, t).
         diffusion: the GaussianDiffusion (schedule, objective, reverse variance).
+        recipe: how training draws t, weighs the loss and picks its target (default: Ho et al.'s, see `Recipe`); the
+            module owns the stable target field's reference images (`StableTargetField`, saved in checkpoints).
         lr, weight_decay, adam_betas, eps: AdamW settings (weight_decay=0 is Adam).
         warmup_steps: linear learning-rate warm-up from 0 to lr over this many optimizer steps.
         lr_decay: after the warm-up, `constant`, or `cosine` / `linear` decay to `final_lr_ratio` * lr at the end of
@@ -44,6 +46,7 @@ class DiffusionModule(L.LightningModule):
         self,
         net: nn.Module,
         diffusion: GaussianDiffusion,
+        recipe: Recipe | None = None,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
@@ -62,15 +65,16 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         if lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay={lr_decay!r} is not one of {', '.join(LR_DECAYS)}")
-        self.save_hyperparameters(ignore=["net", "diffusion"])
+        self.save_hyperparameters(ignore=["net", "diffusion", "recipe"])
         self.net = net
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.diffusion = diffusion
+        self.recipe = recipe if recipe is not None else Recipe(diffusion)
+        if self.recipe.diffusion is not diffusion:
+            raise ValueError("the recipe must be made for this module's diffusion: Recipe(diffusion, ...)")
+        self.stable_target = StableTargetField(self.recipe.stf_reference)
         self._noise_generators: dict[torch.device, torch.Generator] = {}
         self.loss_check = FiniteLossCheck()
-        # the stable target's reference images and their labels (see `_reference`; saved in checkpoints)
-        self._reference_queue: Tensor | None = None
-        self._reference_labels: Tensor | None = None
         # the compiled network shares the parameters of self.net; kept out of the module tree (and state_dict)
         self.__dict__["train_net"] = torch.compile(net) if compile else net
 
@@ -109,50 +113,24 @@ class DiffusionModule(L.LightningModule):
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """t ~ diffusion.t_sampling (U{0..T-1}, stratified or log-normal), eps ~ N(0, I), x_t = q_sample(x_0, t, eps),
-        loss = ||target - net(x_t, t)||^2."""
+        """t ~ p(t) of the recipe, eps ~ N(0, I), x_t = q_sample(x_0, t, eps), loss = lambda(t) ||target -
+        net(x_t, t)||^2 (the target: the objective's, from x_0 or from the stable target field)."""
         x0 = self._images(batch)
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         g = self.noise_generator(x0.device, batch_idx % accumulate)
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, g)
+        t = self.recipe.sample_timesteps(x0.shape[0], x0.device, g)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
-        dropped = None
+        labels = dropped = None
         if self.num_classes is not None and isinstance(batch, (list, tuple)):
-            dropped = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
+            labels = batch[1]
+            dropped = drop_labels(labels, self.hparams.p_uncond, self.num_classes, g)
         net = self._network_of(self.train_net, batch, dropped)
-        reference, allowed = self._reference(x0, batch[1] if dropped is not None else None, dropped)
-        loss = self.diffusion.training_losses(
-            net, x0, t, noise, generator=g, reference=reference, reference_allowed=allowed
-        ).mean()
+        x0_target = self.stable_target.target(x0, labels, dropped, self.num_classes)
+        loss = self.recipe.losses(net, x0, t, noise, generator=g, x0_target=x0_target).mean()
         self.loss_check.submit(loss, self.global_step)  # no host/device sync on a GPU: see FiniteLossCheck
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/ema_decay", ema_decay_at(self.global_step, self.ema.decay, self.ema.warmup))
         return loss
-
-    def _reference(
-        self, x0: Tensor, labels: Tensor | None = None, conditioned_on: Tensor | None = None
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The reference images of the stable target field (diffusion.stf_reference = R > 0): this batch, then the most
-        recent training images before it, R in all; (None, None) when off. With labels (a class-conditional network)
-        also which references each example's target may use, allowed [B, R]: those of the class it is conditioned on
-        (conditioned_on, after label dropout), every one where its label was dropped (the null class). The queue is
-        saved in checkpoints (on_save_checkpoint), so a resumed run trains on the same targets."""
-        size = self.diffusion.stf_reference
-        if size <= 0:
-            return None, None
-        queue, queue_labels = self._reference_queue, self._reference_labels
-        reference = x0.detach() if queue is None else torch.cat([x0.detach(), queue])[:size]
-        self._reference_queue = reference
-        if labels is None:
-            self._reference_labels = None
-            return reference, None
-        ref_labels = (
-            labels if queue_labels is None else torch.cat([labels, queue_labels])[: reference.shape[0]]
-        )
-        self._reference_labels = ref_labels
-        cond = labels if conditioned_on is None else conditioned_on
-        allowed = (ref_labels[None, :] == cond[:, None]) | (cond == self.num_classes)[:, None]
-        return reference, allowed
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -192,15 +170,14 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation: held-out loss with EMA weights
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """L_simple of the EMA network on held-out images, with t and eps fixed per batch so curves are comparable."""
+        """The loss of the EMA network on held-out images, with t uniform and eps fixed per batch so curves are
+        comparable (the recipe's weights, never the stable target: held-out images are not training targets)."""
         x0 = self._images(batch)
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         net = self._network_of(self.ema.module, batch)
-        loss = self.diffusion.training_losses(
-            net, x0, t, noise, generator=g
-        ).mean()  # L_simple: no stable target
+        loss = self.recipe.losses(net, x0, t, noise, generator=g).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
@@ -262,13 +239,13 @@ class DiffusionModule(L.LightningModule):
         self.loss_check.flush()  # never save the weights of a step whose loss was not finite
         checkpoint["ddpm_format"] = 1
         # the stable target's reference: a resumed run trains on the same targets
-        if self._reference_queue is not None:
-            checkpoint["stf_reference"] = {"images": self._reference_queue, "labels": self._reference_labels}
+        if self.stable_target.images is not None:
+            checkpoint["stf_reference"] = self.stable_target.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("stf_reference")
         if saved is not None:
-            self._reference_queue, self._reference_labels = saved["images"], saved["labels"]
+            self.stable_target.load_state_dict(saved)
 
     @property
     def num_parameters(self) -> int:
