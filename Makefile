@@ -12,7 +12,7 @@ BUDGET_MIN ?= 10
 # Hydra overrides for `make train`, e.g. make train ARGS="schedule=cosine trainer.max_steps=200"
 ARGS ?=
 
-.PHONY: help install install-bench train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu bench-quality
+.PHONY: help install train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu bench-quality
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -52,9 +52,6 @@ bench-quality: $(STAMP)  ## train the default for BUDGET_MIN minutes on mnist5k 
 	BUDGET_MIN=$(BUDGET_MIN) $(PY) benchmarks/bench_quality.py
 
 bench: bench-train bench-sample  ## every CPU benchmark
-
-install-bench: $(STAMP)  ## add the optional peer library (diffusers) that make bench compares against
-	$(PY) -m pip install -e ".[dev,bench]"
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check .

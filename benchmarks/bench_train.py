@@ -320,7 +320,7 @@ def main() -> None:
         try:
             import diffusers  # noqa: F401
         except ImportError:
-            print("diffusers is not installed (make install-bench): its rows are left out", file=sys.stderr)
+            print("diffusers is not installed (make install): its rows are left out", file=sys.stderr)
             names = [n for n in names if n not in peers]
     rounds: list[dict] = []
     for r in range(args.rounds):

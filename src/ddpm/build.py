@@ -53,10 +53,10 @@ def build_recipe(cfg: DictConfig, diffusion: GaussianDiffusion) -> Recipe:
     return building("recipe", lambda: Recipe(diffusion, **settings))
 
 
-def build_network(cfg: DictConfig) -> torch.nn.Module:
-    """The network of cfg.model: `hydra.utils.instantiate(cfg.model)`, with twice the image channels out when the
-    diffusion learns its reverse variance (diffusion.var_type=learned_range: the prediction, then the variance values)
-    and an x_0 estimate as input when it is self-conditioned (diffusion.self_condition).
+def network_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What `build_network` instantiates: cfg.model, with twice the image channels out when the diffusion learns its
+    reverse variance (diffusion.var_type=learned_range: the prediction, then the variance values) and an x_0
+    estimate as input when it is self-conditioned (diffusion.self_condition).
 
     Run configs written before `compile` became a top-level setting carry it as model.compile; it is dropped here so
     their checkpoints still load."""
@@ -71,7 +71,13 @@ def build_network(cfg: DictConfig) -> torch.nn.Module:
     if cfg.diffusion.get("var_type") == "learned_range":
         in_channels = model_cfg.get("in_channels", 3)
         model_cfg["out_channels"] = 2 * (model_cfg.get("out_channels") or in_channels)
-    return building("model", lambda: hydra.utils.instantiate(model_cfg))
+    return model_cfg
+
+
+def build_network(cfg: DictConfig) -> torch.nn.Module:
+    """The network of cfg.model: `hydra.utils.instantiate(network_settings(cfg))`."""
+    settings = network_settings(cfg)
+    return building("model", lambda: hydra.utils.instantiate(settings))
 
 
 def compile_requested(cfg: DictConfig) -> bool:

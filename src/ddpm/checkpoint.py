@@ -3,8 +3,11 @@ one fits a model before resuming, and find a run's newest one. Every problem is 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,18 +94,36 @@ RESUME_MAY_DIFFER = {"model.channels_last", "model.compile"}
 
 def changed_settings(stored: dict, composed: dict) -> list[str]:
     """`key: <checkpoint's value> in the checkpoint, <value> now` for each setting of RESUME_MUST_MATCH that differs
-    (a key only one of them has counts as a difference, unless the checkpoint predates it)."""
+    (a key only one of them has counts as a difference; where the checkpoint predates the key, its value is what the
+    older code ran with: the default of that argument of the class the node builds, unknown for a node without one)."""
     changes = []
     for group, keys in RESUME_MUST_MATCH.items():
         old, new = stored.get(group) or {}, composed.get(group) or {}
         names = keys or sorted(set(old) | set(new))
         for k in names:
             key = f"{group}.{k}"
-            if key in RESUME_MAY_DIFFER or k not in old:
+            if key in RESUME_MAY_DIFFER:
                 continue
-            if old.get(k) != new.get(k):
+            if k not in old:
+                then = default_argument(old.get("_target_"), k)
+                if then is not inspect.Parameter.empty and new.get(k, then) != then:
+                    changes.append(
+                        f"{key} {then!r} (unset, the default then) in the checkpoint, {new[k]!r} now"
+                    )
+            elif old.get(k) != new.get(k):
                 changes.append(f"{key} {old.get(k)!r} in the checkpoint, {new.get(k, 'unset')!r} now")
     return changes
+
+
+def default_argument(target: str | None, name: str) -> Any:
+    """The default of argument `name` of the class named `target` (inspect.Parameter.empty when there is none)."""
+    if not target:
+        return inspect.Parameter.empty
+    try:
+        parameter = inspect.signature(hydra.utils.get_class(target)).parameters.get(name)
+    except Exception:  # a class that no longer exists: nothing known about its defaults
+        return inspect.Parameter.empty
+    return inspect.Parameter.empty if parameter is None else parameter.default
 
 
 def check_resume(module: DiffusionModule, path: str | Path, cfg: DictConfig) -> int:

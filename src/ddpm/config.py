@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm import schema
@@ -29,8 +30,11 @@ def compose_config(
     overrides: list[str] | tuple[str, ...] = (),
     output_dir: str | Path | None = None,
 ) -> DictConfig:
-    """`python <name>.py <overrides>`'s config; paths.root_dir is config_dir's parent, paths.output_dir `output_dir`."""
+    """`python <name>.py <overrides>`'s config; paths.root_dir is config_dir's parent, paths.output_dir `output_dir`.
+    Inside a running Hydra app (whose search path is conf/) the app's own Hydra composes it."""
     config_dir = Path(config_dir).resolve()
     paths = [f"paths.root_dir={config_dir.parent}", f"paths.output_dir={output_dir or tempfile.gettempdir()}"]
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=[*paths, *overrides])
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose(name, overrides=[*paths, *overrides])

@@ -72,6 +72,7 @@ class Model:
     num_groups: int = 32
     channels_last: bool = False
     scale_shift_norm: bool = False
+    tf_padding: bool = False
     num_classes: Any = None  # null, a number, or auto (condition=class)
 
 
@@ -214,6 +215,7 @@ class FIDSettings:
     weights_path: str | None = None
     cache_dir: str = MISSING
     reference_n: int | None = None
+    reference_split: str = "held_out"  # or train: the paper's protocol for CIFAR-10
 
 
 @dataclass
@@ -260,12 +262,35 @@ class EvaluateConfig:
     paths: Any = None
 
 
+# ---- export.py and import.py: checkpoints to and from diffusers pipeline folders ---------------------------------
+
+
+@dataclass
+class ExportConfig:
+    task_name: str = "export"
+    ckpt_path: str = MISSING
+    out: str = MISSING
+    use_ema: bool = True
+    paths: Any = None
+
+
+@dataclass
+class ImportConfig:
+    task_name: str = "import"
+    source: str = MISSING
+    out: str = MISSING
+    data: str | None = None
+    paths: Any = None
+
+
 def register() -> None:
-    """Put the three schemas in Hydra's ConfigStore, where the defaults lists of conf/*.yaml find them."""
+    """Put the schemas in Hydra's ConfigStore, where the defaults lists of conf/*.yaml find them."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="sample_schema", node=SampleConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="import_schema", node=ImportConfig)
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -373,6 +398,7 @@ def check_sample(cfg: DictConfig) -> None:
 
 
 METRICS = ("fid", "nll")
+REFERENCE_SPLITS = ("held_out", "train")
 
 
 def check_evaluate(cfg: DictConfig) -> None:
@@ -390,6 +416,10 @@ def check_evaluate(cfg: DictConfig) -> None:
     for key in ("fid.seed", "nll.seed"):
         _at_least(cfg, key, 0)
     _at_least(cfg, "fid.reference_n", 2, " (FID needs a covariance)")
+    if cfg.fid.reference_split not in REFERENCE_SPLITS:
+        raise ConfigError(
+            f"fid.reference_split={cfg.fid.reference_split!r}: choose {' or '.join(REFERENCE_SPLITS)}"
+        )
     _finite_non_negative("guidance", cfg.guidance)
     for w in cfg.sweep.guidance:
         _finite_non_negative("sweep.guidance", w)

@@ -78,11 +78,9 @@ def test_bench_train_holds_rows_to_avx2(tmp_path):
     assert float(out.split("channels_last, fwd+bwd: ")[1].split()[0]) > 0
 
 
+@pytest.mark.slow  # a minute of benchmark rows
 def test_bench_train_compares_with_diffusers_plain_and_like_for_like(tmp_path):
-    """With the bench extra: the peer at the matched size, in a plain process and with our allocator setting."""
-    pytest.importorskip(
-        "diffusers", reason="the peer library comes with the bench extra (make install-bench)"
-    )
+    """The peer at the matched size, in a plain process and with our allocator setting."""
     out = bench_train(tmp_path, "--rows", "ours", "ours_plain", "diffusers", "diffusers_retained")
     rows = table_rows(out)
     for label in (

@@ -129,3 +129,30 @@ def test_the_quality_vs_nfe_sweep_writes_table_csv_plot_and_wandb(tmp_path, fid_
         [r["sampler"], r["steps"], r["nfe"], r["fid"]] for r in rows
     ]
     assert any("nfe_plot" in p.name for p in run.media)
+
+
+def test_fid_against_the_training_split(tmp_path, fid_weights, monkeypatch):
+    """fid.reference_split=train (the paper's CIFAR-10 protocol) scores against training images; another value is
+    one sentence."""
+    from tests.helpers.paths import LEGACY
+
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
+    common = [f"ckpt_path={LEGACY / 'tiny.ckpt'}", "metrics=[fid]", "sampler=ddim", "sampler.steps=2"]
+    common += ["fid.n=8", "fid.reference_n=16", f"fid.cache_dir={tmp_path / 'cache'}"]
+    bad = run_script(
+        "evaluate.py", *common, "fid.reference_split=test", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "fid.reference_split='test': choose held_out or train" in bad.stderr
+    scores = {}
+    for split in ("train", "held_out"):
+        out = tmp_path / split
+        proc = run_script(
+            "evaluate.py", *common, f"fid.reference_split={split}", f"hydra.run.dir={out}", cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        scores[split] = json.loads((out / "metrics.json").read_text())["fid"]
+    assert scores["train"]["reference"] == "mnist5k training split (unflipped), 16 images"
+    assert scores["held_out"]["reference"] == "mnist5k held-out split, 16 images"
+    assert scores["train"]["value"] != scores["held_out"]["value"]  # the same samples, another reference
+    cached = sorted(p.name.split("-n16-")[0] for p in (tmp_path / "cache").glob("*.pt"))
+    assert cached == ["mnist5k-held_out", "mnist5k-train"]

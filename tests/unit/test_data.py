@@ -151,3 +151,28 @@ def test_validation_loss_uses_a_fixed_subset_and_the_reference_the_whole_split()
     assert len(torch.cat(list(whole.val_dataloader()))) == 500
     with pytest.raises(ConfigError, match="data.val_loss_n must be at least 1"):
         ImageDataModule(val_loss_n=0)
+
+
+@pytest.mark.parametrize("source", ["mnist5k", "image_folder"])
+def test_the_train_reference_is_the_training_split_never_flipped(tmp_path, source):
+    """FID against the training set (the paper's CIFAR-10 protocol) sees each training image as it is: the random
+    flips of training never reach the reference statistics."""
+    root = tmp_path
+    if source == "image_folder":
+        rng = np.random.default_rng(0)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    dm = ImageDataModule(
+        source=source, root=str(root), image_size=8, channels=1, hflip=True, val_fraction=0.25
+    )
+    dm.setup("fit")
+    reference = dm.reference_set("train")
+    assert len(reference) == len(dm.train_set) and dm.reference_set("held_out") is dm.val_set
+    torch.manual_seed(0)
+    draws = torch.stack([dm.train_set[0] for _ in range(40)])
+    flipped = [not torch.equal(d, draws[0]) for d in draws]
+    assert any(flipped)  # training flips (the image is not symmetric)...
+    assert all(torch.equal(reference[0], reference[0]) for _ in range(10))  # ...the reference never does
+    assert any(torch.equal(reference[0], d) for d in draws)  # and it is the training image itself
+    with pytest.raises(ValueError, match="unknown reference split 'test'"):
+        dm.reference_set("test")

@@ -207,6 +207,13 @@ def test_changed_settings_name_what_defines_the_model_and_nothing_else():
     assert changed_settings({"model": {"dropout": 0.1}}, {"model": {}}) == [
         "model.dropout 0.1 in the checkpoint, 'unset' now"
     ]
+    # ...unless the run now asks for other than what the older code did: the default of the class the node builds
+    # (a checkpoint of the paper's network from before tf_padding ran with padding on every side)
+    older = {"model": {"_target_": "ddpm.models.UNet", "base_channels": 128}}
+    assert changed_settings(older, {"model": {**older["model"], "tf_padding": False}}) == []
+    assert changed_settings(older, {"model": {**older["model"], "tf_padding": True}}) == [
+        "model.tf_padding False (unset, the default then) in the checkpoint, True now"
+    ]
 
 
 class RecordSaves(L.Callback):

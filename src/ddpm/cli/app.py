@@ -61,7 +61,7 @@ def composition_error_sentence(ex: BaseException) -> str | None:
     if isinstance(ex, MissingConfigException) and ex.missing_cfg_file:
         group, _, option = str(ex.missing_cfg_file).rpartition("/")
         if ex.options:
-            choices = ", ".join(o for o in ex.options if not o.endswith("_schema"))
+            choices = ", ".join(o for o in ex.options if not o.endswith("_schema") and not o.startswith("_"))
             return f"unknown option {group}={option}: choose one of {choices}"
         return f"config {ex.missing_cfg_file} not found: check the name"
     if isinstance(ex, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):

@@ -105,10 +105,12 @@ class Scorer:
     def __init__(self, module, metric, datamodule, cfg: DictConfig, device: torch.device) -> None:
         self.module, self.metric, self.fid, self.use_ema = module, metric.to(device), cfg.fid, cfg.use_ema
         self.device = device
+        split = cfg.fid.reference_split
         self.n_ref = install_reference(
-            metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path
+            metric, datamodule, cfg.fid.cache_dir, cfg.fid.reference_n, cfg.fid.weights_path, split=split
         )
-        self.reference = f"{datamodule.source} held-out split, {self.n_ref} images"
+        what = "held-out split" if split == "held_out" else "training split (unflipped)"
+        self.reference = f"{datamodule.source} {what}, {self.n_ref} images"
         self.classifier, self.classifier_accuracy = None, None
         if module.num_classes is not None:
             self.classifier, self.classifier_accuracy = load_or_train_classifier(
@@ -139,7 +141,7 @@ class Scorer:
             return images
 
         what = f"{sampler.label}" + (f", guidance {guidance:g}" if guidance is not None else "")
-        log.info("FID: %d samples with %s against %d held-out images", n, what, self.n_ref)
+        log.info("FID: %d samples with %s against the %s", n, what, self.reference)
         scores = score_samples(self.metric, draw, n, self.fid.batch_size, self.fid.seed, device=self.device)
         out = {**scores, "seconds_per_image": seconds / n}
         if self.classifier is not None:

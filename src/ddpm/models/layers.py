@@ -99,14 +99,17 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution."""
+    """Halve the resolution with a stride-2 3x3 convolution, padded by one pixel on every side, or with `tf_padding`
+    as TensorFlow's SAME padding does for an even size: one pixel on the right and bottom only (Ho et al.'s released
+    networks were trained so; the two see the image shifted by one pixel against each other)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, tf_padding: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.tf_padding = tf_padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if tf_padding else 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.tf_padding else x)
 
 
 class Upsample(nn.Module):

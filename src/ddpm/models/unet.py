@@ -41,6 +41,8 @@ class UNet(nn.Module):
             in_channels more input channels (zeros when the caller has none).
         scale_shift_norm: time (and class) condition every residual block by adaptive GroupNorm, GN(h) (1 + s) + b
             (Dhariwal & Nichol 2021), instead of adding it to h before the norm (DDPM's).
+        tf_padding: pad each stride-2 downsampling convolution on the right and bottom only, as TensorFlow's SAME
+            padding (Ho et al.'s code) does, instead of on every side: needed to run Ho et al.'s released weights.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         self_condition: bool = False,
         scale_shift_norm: bool = False,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if num_classes is not None and (
@@ -76,6 +79,7 @@ class UNet(nn.Module):
         self.base_channels = base_channels
         self.channels_last = channels_last
         self.self_condition = bool(self_condition)
+        self.tf_padding = bool(tf_padding)
         temb_dim = 4 * base_channels
 
         self.temb = nn.Sequential(
@@ -104,7 +108,7 @@ class UNet(nn.Module):
                 self.down.append(block)
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
+                self.down.append(nn.ModuleList([Downsample(ch, tf_padding)]))
                 skip_channels.append(ch)
                 res //= 2
 
