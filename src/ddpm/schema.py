@@ -203,6 +203,13 @@ class SampleConfig:
     labels: Any = None  # null, all, a class number or a list of them
     per_class: int = 8
     guidance: float | None = None
+    task: str = "sample"
+    images: str = "held_out"
+    mask: str = "center"
+    jump_length: int = 10
+    jump_n_sample: int = 1
+    strength: float = 0.5
+    frames: int = 8
     sampler: Any = MISSING
     paths: Any = None
 
@@ -266,21 +273,23 @@ class EvaluateConfig:
 
 
 @dataclass
-class ExportConfig:
-    task_name: str = "export"
-    ckpt_path: str = MISSING
+class Conversion:  # what export.py and import.py share: where the result goes
     out: str = MISSING
-    use_ema: bool = True
     paths: Any = None
 
 
 @dataclass
-class ImportConfig:
+class ExportConfig(Conversion):
+    task_name: str = "export"
+    ckpt_path: str = MISSING
+    use_ema: bool = True
+
+
+@dataclass
+class ImportConfig(Conversion):
     task_name: str = "import"
     source: str = MISSING
-    out: str = MISSING
-    data: str | None = None
-    paths: Any = None
+    dataset: str | None = None  # a data option (conf/data); not `data`, which names that group
 
 
 def register() -> None:
@@ -389,10 +398,18 @@ def check_train(cfg: DictConfig) -> None:
     _finite_non_negative("condition.guidance", cfg.condition.guidance)
 
 
+TASKS = ("sample", "inpaint", "img2img", "interpolate")
+
+
 def check_sample(cfg: DictConfig) -> None:
     check_sampler(cfg.sampler)
-    for key in ("n", "batch_size", "per_class"):
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r}: choose one of {', '.join(TASKS)}")
+    for key in ("n", "batch_size", "per_class", "jump_length", "jump_n_sample"):
         _at_least(cfg, key, 1)
+    _at_least(cfg, "frames", 2)
+    if not 0 <= cfg.strength <= 1:
+        raise ConfigError(f"strength must be in [0, 1] (0: the input, 1: pure noise), got {cfg.strength}")
     _at_least(cfg, "seed", 0)
     _finite_non_negative("guidance", cfg.guidance)
 

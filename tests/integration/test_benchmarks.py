@@ -120,3 +120,22 @@ def test_bench_quality_trains_scores_and_prints_its_machine_readable_line(tmp_pa
     assert float(fields["kid"]) > float(fields["floor_kid"])
     assert list((tmp_path / ".cache" / "fid").glob("mnist5k-floor-n8-ref16-*.json"))  # the floor is cached
     assert "| the floor: 8 training images |" in proc.stdout
+
+
+@pytest.mark.slow  # three fills of 20 images with Inception features
+def test_bench_inpaint_scores_three_fills(tmp_path, fid_weights, monkeypatch):
+    from tests.helpers.paths import LEGACY
+
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
+    proc = run_script(
+        "benchmarks/bench_inpaint.py", f"--ckpt={LEGACY / 'tiny.ckpt'}", "--n=20", "--batch=10", "--jump-length=5",
+        "--jump-n-sample=2", f"--cache-dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert set(rows) >= {"mean image", "replacement", "RePaint"}
+    for name in ("mean image", "replacement", "RePaint"):
+        fid, mse = float(rows[name][0]), float(rows[name][2])
+        assert fid > 0 and mse > 0
+    assert "Inpainting the centre of 20 held-out mnist5k images" in proc.stdout

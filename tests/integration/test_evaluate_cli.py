@@ -131,6 +131,7 @@ def test_the_quality_vs_nfe_sweep_writes_table_csv_plot_and_wandb(tmp_path, fid_
     assert any("nfe_plot" in p.name for p in run.media)
 
 
+@pytest.mark.slow  # two evaluations with Inception features
 def test_fid_against_the_training_split(tmp_path, fid_weights, monkeypatch):
     """fid.reference_split=train (the paper's CIFAR-10 protocol) scores against training images; another value is
     one sentence."""

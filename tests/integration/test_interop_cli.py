@@ -71,14 +71,23 @@ def test_export_loads_in_diffusers_and_imports_back_to_the_same_weights(tmp_path
     images = sample_images(tmp_path / "back.ckpt", tmp_path / "samples", "n=4", "sampler=ddim", cwd=tmp_path)
     assert images.shape == (4, 28, 28, 1)
 
+    # the data option can be named (what evaluate.py scores against): `dataset`, since `data` names the group
+    proc = import_(tmp_path, f"source={tmp_path / 'pipe'}", f"out={tmp_path / 'm.ckpt'}", "dataset=mnist")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"][
+        "config"
+    ]
+    assert config["data"]["source"] == "mnist" and config["model"]["base_channels"] == 8
+
 
 @pytest.mark.parametrize(
     "break_it,message",
     [
         (lambda pipe: (pipe / "unet" / "config.json").unlink(), "unet/config.json is missing"),
-        (
+        pytest.param(
             lambda pipe: (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64),
             "could not be read",
+            marks=pytest.mark.slow,
         ),
         (
             lambda pipe: (pipe / "unet" / "config.json").write_text(
@@ -86,9 +95,10 @@ def test_export_loads_in_diffusers_and_imports_back_to_the_same_weights(tmp_path
             ),
             "holds a UNet2DConditionModel, not a UNet2DModel",
         ),
-        (
+        pytest.param(
             lambda pipe: (pipe / "scheduler" / "scheduler_config.json").write_text("{not json"),
             "is not valid JSON",
+            marks=pytest.mark.slow,
         ),
     ],
 )

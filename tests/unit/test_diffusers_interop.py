@@ -116,7 +116,12 @@ def test_the_scheduler_has_our_betas(schedule):
 
 
 @pytest.mark.parametrize(
-    "objective,var_type", [("eps", "fixed_large"), ("x0", "fixed_small"), ("v", "fixed_large")]
+    "objective,var_type",
+    [
+        ("eps", "fixed_large"),
+        pytest.param("x0", "fixed_small", marks=pytest.mark.slow),
+        pytest.param("v", "fixed_large", marks=pytest.mark.slow),
+    ],
 )
 def test_diffusers_ddpm_chain_is_our_ancestral_sampler(objective, var_type, tmp_path):
     """The same x_T and the same noise at every step (one generator, drawn in the same order): the same images."""

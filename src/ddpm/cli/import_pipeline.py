@@ -22,7 +22,7 @@ def import_checkpoint(cfg: DictConfig) -> Path:
         raise ConfigError(f"these config values must be set: {', '.join(sorted(missing))}")
     source, out = Path(cfg.source).expanduser().resolve(), Path(cfg.out).expanduser().resolve()
     check_writable(out.parent, "out")
-    module, run_cfg = import_pipeline(source, cfg.data)
+    module, run_cfg = import_pipeline(source, cfg.dataset)
     save_checkpoint(module, run_cfg, out, source)
     log.info(
         "wrote %s: %.2fM parameters, %s schedule, objective %s, variance %s; data %s. Next: python evaluate.py "

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm.build import build_sampler
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.conditional import refuse_unless_conditional
+from ddpm.cli.edit import edit
 from ddpm.cli.errors import check_writable, run_job
 from ddpm.diffusion.guidance import spread_labels
 from ddpm.errors import ConfigError
@@ -38,6 +39,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     refuse_unless_conditional(
         cfg.ckpt_path, module.num_classes, {"labels": cfg.labels, "guidance": cfg.guidance}
     )
+    if cfg.task != "sample":  # inpaint, img2img, interpolate: the checkpoint edits images
+        return edit(cfg, module, run_cfg, sampler, out, device)
     labels, nrow = requested_labels(cfg, module.num_classes)
     guidance = cfg.get("guidance")
     n_total = cfg.n if labels is None else len(labels)

@@ -136,17 +136,20 @@ class Sampler:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         progress: Progress | None = None,
+        start: int | None = None,
     ) -> Tensor:
         """x_T ~ N(0, I) (or `noise`) -> x_0, one network call per timestep. Returns images in [-1, 1] (roughly).
 
         `progress(iterable, description)` wraps the loop over steps to report progress (e.g. ddpm.progress.progress_bar).
+        `start=i` runs only the steps i, ..., 0, from `noise` at timestep timesteps[i] (SDEdit: ddpm.diffusion.editing).
         """
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
         cuda_graphs = self.compile and x.device.type == "cuda"
         if self.compile:
             model = compiled_network(model, x.device)
         self.start()
-        steps = range(len(self.timesteps) - 1, -1, -1)
+        first = len(self.timesteps) - 1 if start is None else start
+        steps = range(first, -1, -1)
         for i in progress(steps, f"sampling ({self.label})") if progress else steps:
             if cuda_graphs:  # the previous call's output is consumed: its graph memory may be reused
                 torch.compiler.cudagraph_mark_step_begin()

@@ -162,8 +162,8 @@ def _base_run_config(source: Path, settings: dict[str, Any], data: str | None) -
     data = data or DATA_BY_SHAPE.get(shape)
     if data is None:
         raise ConfigError(
-            f"which data does this {shape[0]}x{shape[0]}x{shape[1]} model belong to? name it: data=<option of "
-            "conf/data>, e.g. data=image_folder"
+            f"which data does this {shape[0]}x{shape[0]}x{shape[1]} model belong to? name it: dataset=<option of "
+            "conf/data>, e.g. dataset=image_folder"
         )
     overrides = [f"data={data}", "recipe=paper", "logger=none"]
     cfg = compose_config(overrides=overrides, output_dir=tempfile.gettempdir())

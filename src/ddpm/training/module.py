@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -182,23 +184,15 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        sampler: Sampler,
-        n: int,
-        *,
-        generator: torch.Generator | None = None,
-        use_ema: bool = True,
-        progress: Progress | None = None,
-        labels: Tensor | None = None,
-        guidance: float | None = None,
-    ) -> Tensor:
-        """n images in [-1, 1] from the EMA (or raw) network with `sampler`.
+    def reverse_model(
+        self, n: int, *, labels: Tensor | None = None, guidance: float | None = None, use_ema: bool = True
+    ) -> tuple[Any, tuple[int, ...]]:
+        """(the network as a sampler calls it, model(x, t), for a batch of n; the batch's image shape).
 
         A class-conditional network draws image i of class labels[i] (default: classes 0, 1, ..., K-1, 0, 1, ...,
         evenly spread) with classifier-free guidance scale `guidance` (default: the module's); labels and guidance
-        given to an unconditional network are refused."""
+        given to an unconditional network are refused. A self-conditioned network sees each call's previous x_0
+        (one wrapper per chain: ask again for each chain)."""
         net = self.ema.module if use_ema else self.net
         model = net
         if self.num_classes is None:
@@ -221,14 +215,36 @@ class DiffusionModule(L.LightningModule):
                 )
             w = self.hparams.guidance if guidance is None else guidance
             model = ClassConditioned(net, labels, self.num_classes, w)
-        # a self-conditioned network: each call of the chain sees the previous call's x_0 (one wrapper per chain)
         if self.diffusion.self_condition:
             model = SelfConditioned(model, self.diffusion.data_prediction)
+        return model, (n, net.in_channels, net.image_size, net.image_size)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        sampler: Sampler,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        progress: Progress | None = None,
+        labels: Tensor | None = None,
+        guidance: float | None = None,
+    ) -> Tensor:
+        """n images in [-1, 1] from the EMA (or raw) network with `sampler` (labels and guidance: see
+        `reverse_model`)."""
+        model, shape = self.reverse_model(n, labels=labels, guidance=guidance, use_ema=use_ema)
+        with self.evaluating(use_ema):
+            return sampler.sample(model, shape, generator=generator, device=self.device, progress=progress)
+
+    @contextmanager
+    def evaluating(self, use_ema: bool = True) -> Iterator[None]:
+        """The EMA (or raw) network in eval mode for the duration (sampling, editing), then as it was."""
+        net = self.ema.module if use_ema else self.net
         was_training = net.training
         net.eval()
-        shape = (n, net.in_channels, net.image_size, net.image_size)
         try:
-            return sampler.sample(model, shape, generator=generator, device=self.device, progress=progress)
+            yield
         finally:
             net.train(was_training)
 
