@@ -129,7 +129,7 @@ def test_bench_inpaint_scores_three_fills(tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     proc = run_script(
         "benchmarks/bench_inpaint.py", f"--ckpt={LEGACY / 'tiny.ckpt'}", "--n=20", "--batch=10", "--jump-length=5",
-        "--jump-n-sample=2", f"--cache-dir={tmp_path / 'cache'}",
+        "--jump-n-sample=2", f"--cache-dir={tmp_path / 'cache'}", "--sampler", "sampler=ddim", "sampler.steps=10",
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

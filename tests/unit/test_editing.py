@@ -144,3 +144,24 @@ def test_slerp_keeps_the_norm_of_orthogonal_noise():
     mid = slerp(a, b, 0.5)
     torch.testing.assert_close(mid.norm(), torch.tensor(2.0))  # linear interpolation would give 1.41
     assert torch.equal(slerp(a, b, 0.0), a) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+
+
+def test_a_trained_networks_ddim_inversion_decodes_back_to_its_image():
+    """Encode then decode with DDIM (eta = 0) on a trained network (the small legacy checkpoint, T = 100): the held-out
+    digits come back within 0.01 (measured 2e-3 at 25-100 steps, 2026-12-06)."""
+    import hydra
+
+    from ddpm.checkpoint import load_checkpoint
+    from tests.helpers.paths import LEGACY
+
+    module, cfg = load_checkpoint(LEGACY / "tiny.ckpt")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("validate")
+    x0 = torch.stack([datamodule.val_set[i] for i in range(8)])
+    model, _ = module.reverse_model(8)
+    sampler = make_sampler(module.diffusion, "ddim", steps=50, eta=0.0)
+    with module.evaluating():
+        latents = ddim_invert(module.diffusion, model, x0, sampler.timesteps)
+        back = sampler.sample(model, x0.shape, noise=latents)
+    assert (latents - x0).abs().mean() > 0.5  # the latents are noise, not the images
+    assert (back - x0).abs().max() < 0.01

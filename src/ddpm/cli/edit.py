@@ -114,7 +114,13 @@ def edit(
     shape = (module.net.in_channels, module.net.image_size, module.net.image_size)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     n = 2 if cfg.task == "interpolate" else cfg.n
-    images = load_images(str(cfg.images), n, shape, run_cfg).to(device)
+    if (
+        cfg.task == "interpolate" and cfg.images == "seeds"
+    ):  # between the starting noise of seeds seed and seed + 1
+        pair = [torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed + i)) for i in (0, 1)]
+        images = torch.stack(pair).to(device)  # noise, not images: decoded below, never inverted
+    else:
+        images = load_images(str(cfg.images), n, shape, run_cfg).to(device)
     if cfg.task == "interpolate" and images.shape[0] < 2:
         raise ConfigError(f"interpolate needs two images, images={cfg.images} has {images.shape[0]}")
     if cfg.task == "inpaint":
@@ -146,7 +152,7 @@ def edit(
                 images * mask + (1 - mask) * -1.0,
                 result,
             ]  # original, masked (unknown black), filled
-        elif cfg.task == "img2img":
+        elif cfg.task == "img2img":  # (images=seeds is for interpolate only)
             result = editing.img2img(
                 sampler, model, images, cfg.strength, generator=generator, progress=progress_bar
             )
@@ -155,9 +161,12 @@ def edit(
             # both images are encoded, and the path decoded, with one class (labels=<class>; default 0)
             label = 0 if label is None and module.num_classes is not None else label
             encoder, decoder = model_for(2), model_for(cfg.frames)
-            result = editing.interpolate(
-                sampler, decoder, images[:1], images[1:2], cfg.frames, encoder=encoder
-            )
+            if cfg.images == "seeds":
+                result = editing.interpolate_noise(sampler, decoder, images[:1], images[1:2], cfg.frames)
+            else:
+                result = editing.interpolate(
+                    sampler, decoder, images[:1], images[1:2], cfg.frames, encoder=encoder
+                )
             rows = [result]
     grid = torch.cat(rows)
     save_grid(grid, out / f"{cfg.task}.png", nrow=rows[0].shape[0])

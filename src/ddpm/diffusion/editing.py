@@ -131,6 +131,8 @@ def ddim_invert(diffusion: GaussianDiffusion, model: Model, x0: Tensor, timestep
 def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     """Spherical interpolation between two noise tensors of the same shape [B, ...] (per example):
     sin((1 - w) theta) / sin(theta) a + sin(w theta) / sin(theta) b, theta the angle between them."""
+    if weight in (0.0, 1.0):  # the ends exactly
+        return (a if weight == 0.0 else b).clone()
     fa, fb = a.flatten(1), b.flatten(1)
     cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
     theta = torch.acos(cos.clamp(-1.0, 1.0)).view(-1, *([1] * (a.ndim - 1)))
@@ -150,6 +152,14 @@ def interpolate(
     if k < 2:
         raise ValueError(f"an interpolation needs k >= 2 images, got {k}")
     latents = ddim_invert(sampler.diffusion, encoder or model, torch.cat([x_a, x_b]), sampler.timesteps)
-    weights = torch.linspace(0, 1, k).tolist()
-    path = torch.cat([slerp(latents[:1], latents[1:], w) for w in weights])
+    return interpolate_noise(sampler, model, latents[:1], latents[1:], k)
+
+
+@torch.no_grad()
+def interpolate_noise(sampler: Sampler, model: Model, z_a: Tensor, z_b: Tensor, k: int) -> Tensor:
+    """k images decoded by the sampler from the slerp between two noise tensors x_T [1, C, H, W] (two seeds' starts,
+    or two images' DDIM inversions), at k evenly spaced weights, both ends included."""
+    if k < 2:
+        raise ValueError(f"an interpolation needs k >= 2 images, got {k}")
+    path = torch.cat([slerp(z_a, z_b, w) for w in torch.linspace(0, 1, k).tolist()])
     return sampler.sample(model, path.shape, noise=path)
