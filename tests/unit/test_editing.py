@@ -165,3 +165,28 @@ def test_a_trained_networks_ddim_inversion_decodes_back_to_its_image():
         back = sampler.sample(model, x0.shape, noise=latents)
     assert (latents - x0).abs().mean() > 0.5  # the latents are noise, not the images
     assert (back - x0).abs().max() < 0.01
+
+
+def test_a_class_conditional_checkpoint_edits_with_its_class_and_guidance():
+    """The edits run through the same guided network as sampling: a class-conditional module's reverse_model."""
+    from ddpm.build import build_module
+    from ddpm.config import compose_config
+
+    module = build_module(
+        compose_config(overrides=["condition=class", "model.num_classes=10", "logger=none"])
+    )
+    for p in module.ema.module.parameters():  # random weights: a network whose output depends on the class
+        torch.nn.init.normal_(p, std=0.05)
+    x0 = torch.rand(2, 1, 28, 28) * 2 - 1
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[..., :14] = 1
+    sampler = make_sampler(module.diffusion, "ddim", steps=5)
+    outs = []
+    for label in (3, 7):
+        model, _ = module.reverse_model(2, labels=torch.full((2,), label), guidance=2.0)
+        with module.evaluating():
+            outs.append(inpaint(sampler, model, x0, mask, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(outs[0][..., :14], x0[..., :14]) and torch.equal(outs[1][..., :14], x0[..., :14])
+    assert (outs[0][..., 14:] - outs[1][..., 14:]).abs().max() > 1e-3  # the class steers the filled half
+    with pytest.raises(ValueError, match="outside the model's classes"):
+        module.reverse_model(2, labels=torch.tensor([3, 12]))
