@@ -315,6 +315,21 @@ def log_to_wandb(results: dict[str, Any], cfg: DictConfig) -> None:
         run.finish()
 
 
+# a sweep's rows in the console summary: (results key, what the row is, its values)
+SWEEP_LINES = (
+    (
+        "guidance_sweep",
+        lambda r: f"guidance {r['guidance']:g}: FID / KID / class accuracy (N = {r['n']})",
+        lambda r: f"{r['fid']:.2f} / {r['kid']:.4f} / {100 * r['accuracy']:.1f}%",
+    ),
+    (
+        "sweep",
+        lambda r: f"{r['sampler']}, {r['nfe']} calls: FID / KID (N = {r['n']}) / s per image",
+        lambda r: f"{r['fid']:.2f} / {r['kid']:.4f} / {r['seconds_per_image']:.3f}",
+    ),
+)
+
+
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     """(what, value) for each score in the results, as the console summary shows them."""
     rows = []
@@ -326,23 +341,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(
                 (f"class accuracy (guidance {fid['guidance']:g})", f"{100 * fid['class_accuracy']:.1f}%")
             )
-    rows += [
-        (
-            f"guidance {r['guidance']:g}: FID / KID / class accuracy (N = {r['n']})",
-            f"{r['fid']:.2f} / {r['kid']:.4f} / {100 * r['accuracy']:.1f}%",
-        )
-        for r in results.get("guidance_sweep", {}).get("rows", [])
-    ]
     if "classifier_held_out_accuracy" in results:
         accuracy = results["classifier_held_out_accuracy"]
         rows.append(("classifier accuracy on the held-out split", f"{100 * accuracy:.1f}%"))
-    rows += [
-        (
-            f"{r['sampler']}, {r['nfe']} calls: FID / KID (N = {r['n']}) / s per image",
-            f"{r['fid']:.2f} / {r['kid']:.4f} / {r['seconds_per_image']:.3f}",
-        )
-        for r in results.get("sweep", {}).get("rows", [])
-    ]
+    for key, what, value in SWEEP_LINES:
+        rows += [(what(r), value(r)) for r in results.get(key, {}).get("rows", [])]
     if "nll" in results:
         nll = results["nll"]
         rows.append((f"NLL bits/dim ({nll['n']} held-out images)", f"{nll['total_bpd']:.3f}"))
