@@ -114,6 +114,16 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
     )
 
 
+def build_held_out_data(cfg: DictConfig, data_root: str | None = None):
+    """The data module of a run config (at `data_root` if given: the data moved), checked and set up for its held-out
+    split (what evaluate.py scores against and sample.py's edits start from)."""
+    data_cfg = cfg.data if not data_root else OmegaConf.merge(cfg.data, {"root": data_root})
+    datamodule = building("data", lambda: hydra.utils.instantiate(data_cfg))
+    datamodule.check()
+    datamodule.setup("validate")
+    return datamodule
+
+
 def sampler_spec(spec: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """A sampler node (the shape of conf/sampler/*.yaml: `name` and the sampler's arguments) as a plain dict."""
     if isinstance(spec, DictConfig):

@@ -8,15 +8,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
 
+from ddpm.build import build_held_out_data
 from ddpm.diffusion import editing
-from ddpm.errors import ConfigError, building
+from ddpm.errors import ConfigError
 from ddpm.images import save_grid, to_uint8
 from ddpm.progress import progress_bar
 
@@ -29,10 +29,7 @@ def load_images(spec: str, n: int, shape: tuple[int, int, int], run_cfg: DictCon
     image files (sorted by name) or an .npz with uint8 `images` [N, H, W, C] (what sample.py writes)."""
     channels, size = shape[0], shape[1]
     if spec == "held_out":
-        datamodule = building("data", lambda: hydra.utils.instantiate(run_cfg.data))
-        datamodule.check()
-        datamodule.setup("validate")
-        held_out = datamodule.val_set
+        held_out = build_held_out_data(run_cfg).val_set
         items = [held_out[i] for i in range(min(n, len(held_out)))]
         return torch.stack([x[0] if isinstance(x, (list, tuple)) else x for x in items])
     path = Path(spec).expanduser()
@@ -125,7 +122,7 @@ def edit(
         raise ConfigError(f"interpolate needs two images, images={cfg.images} has {images.shape[0]}")
     if cfg.task == "inpaint":
         mask = load_mask(str(cfg.mask), shape, torch.Generator().manual_seed(cfg.seed)).to(device)
-    count = cfg.frames if cfg.task == "interpolate" else images.shape[0]
+    count = images.shape[0]  # inpaint and img2img: one network wrapper for the batch
     label = one_class(
         cfg.get("labels"), module.num_classes
     )  # None: a conditional network's classes spread evenly
@@ -134,12 +131,11 @@ def edit(
         labels = None if label is None else torch.full((k,), label, dtype=torch.long)
         return module.reverse_model(k, labels=labels, guidance=cfg.get("guidance"), use_ema=cfg.use_ema)[0]
 
-    model = model_for(count)
     with module.evaluating(cfg.use_ema):
         if cfg.task == "inpaint":
             result = editing.inpaint(
                 sampler,
-                model,
+                model_for(count),
                 images,
                 mask,
                 generator=generator,
@@ -154,7 +150,7 @@ def edit(
             ]  # original, masked (unknown black), filled
         elif cfg.task == "img2img":  # (images=seeds is for interpolate only)
             result = editing.img2img(
-                sampler, model, images, cfg.strength, generator=generator, progress=progress_bar
+                sampler, model_for(count), images, cfg.strength, generator=generator, progress=progress_bar
             )
             rows = [images, result]
         else:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
@@ -17,14 +16,14 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Subset
 
-from ddpm.build import build_sampler
+from ddpm.build import build_held_out_data, build_sampler
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.conditional import refuse_unless_conditional
 from ddpm.cli.errors import check_writable, run_job
 from ddpm.diffusion import SAMPLERS, Sampler
 from ddpm.diffusion.guidance import spread_labels
 from ddpm.diffusion.self_conditioning import refined
-from ddpm.errors import ConfigError, building
+from ddpm.errors import ConfigError
 from ddpm.host_memory import retain_freed_memory
 from ddpm.images import to_uint8
 from ddpm.metrics import fid_key, guidance_table, install_reference, make_fid, nfe_table, score_samples
@@ -46,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     samplers = sweep_samplers(module.diffusion, sweep, cfg.sampler) if sweep.get("samplers") else {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
-    datamodule = held_out_data(run_cfg, cfg.data_root)
+    datamodule = build_held_out_data(run_cfg, cfg.data_root)
 
     results: dict[str, Any] = {
         "checkpoint": str(cfg.ckpt_path),
@@ -87,15 +86,6 @@ def check_request(cfg: DictConfig) -> DictConfig:
     if sweep.get("samplers") and sweep.get("guidance"):
         raise ConfigError("sweep over samplers or over guidance, not both: leave one of them empty")
     return sweep
-
-
-def held_out_data(run_cfg: DictConfig, data_root: str | None):
-    """The run's data module (at `data_root` if given), checked and set up for its held-out split."""
-    data_cfg = run_cfg.data if not data_root else OmegaConf.merge(run_cfg.data, {"root": data_root})
-    datamodule = building("data", lambda: hydra.utils.instantiate(data_cfg))
-    datamodule.check()
-    datamodule.setup("validate")
-    return datamodule
 
 
 class Scorer:
