@@ -19,17 +19,18 @@ from torch import Tensor
 
 from ddpm.diffusion.process import GaussianDiffusion, Model, Progress
 
-SPACINGS = ("uniform", "quadratic", "logsnr")
+SPACINGS = ("uniform", "quadratic", "logsnr", "trailing")
 
 
 def space_timesteps(
     num_timesteps: int, steps: int, spacing: str = "uniform", alphas_cumprod: Tensor | None = None
 ) -> list[int]:
-    """`steps` distinct 0-based timesteps in [0, T-1], ascending, always including 0 and (uniform, logsnr) T-1.
+    """`steps` distinct 0-based timesteps in [0, T-1], ascending, always including T-1 and (but trailing) 0.
 
     uniform: evenly spaced over [0, T-1]; quadratic: t_i ~ (i / S)^2 (T - 1), denser near t = 0 (DDIM paper, CIFAR-10);
     logsnr: the timesteps nearest to S values evenly spaced in lambda = log(sqrt(alphabar / (1 - alphabar))) between
-    lambda(T-1) and lambda(0) (needs alphas_cumprod).
+    lambda(T-1) and lambda(0) (needs alphas_cumprod); trailing: round(i T / S) - 1, i = 1..S (`trailing_timesteps`:
+    the grid of S steps is every other point of 2S's, what progressive distillation halves).
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sampler steps must be between 1 and T={num_timesteps}, got {steps}")
@@ -37,6 +38,8 @@ def space_timesteps(
         raise ValueError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
     if steps == num_timesteps:
         return list(range(num_timesteps))
+    if spacing == "trailing":
+        return trailing_timesteps(num_timesteps, steps)
     if spacing == "uniform":
         grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64)
     elif spacing == "logsnr":
@@ -55,6 +58,14 @@ def space_timesteps(
             ts.append(candidate)
         candidate += 1
     return sorted(ts)
+
+
+def trailing_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """tau_i = round(i T / S) - 1 for i = 1..S, ascending: S timesteps ending at T - 1, every other one of 2S's
+    (tau^S_i = tau^2S_2i), so that a chain of S steps visits only points of the chain of 2S steps."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampler steps must be between 1 and T={num_timesteps}, got {steps}")
+    return [round(i * num_timesteps / steps) - 1 for i in range(1, steps + 1)]
 
 
 def half_log_snr(alphas_cumprod: Tensor) -> Tensor:
