@@ -9,12 +9,14 @@ STAMP  := $(VENV)/.installed
 BENCH_TRAIN_ARGS ?=
 # wall-clock training budget of make bench-quality, in minutes
 BUDGET_MIN ?= 10
+# extra options of benchmarks/bench_distill.py, e.g. make bench-distill BENCH_DISTILL_ARGS="--teacher <ckpt>"
+BENCH_DISTILL_ARGS ?=
 # the checkpoint make bench-inpaint scores
 CKPT ?=
 # Hydra overrides for `make train`, e.g. make train ARGS="schedule=cosine trainer.max_steps=200"
 ARGS ?=
 
-.PHONY: help install train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu bench-quality bench-inpaint
+.PHONY: help install train test test-slow test-all lint format clean bench bench-train bench-sample bench-gpu bench-quality bench-inpaint bench-distill
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -52,6 +54,9 @@ bench-gpu: $(STAMP)  ## the paper's CIFAR-10 model on one GPU: training steps/s,
 
 bench-quality: $(STAMP)  ## train the default for BUDGET_MIN minutes on mnist5k and full MNIST; FID and KID (N=1000) beside the data's floor
 	BUDGET_MIN=$(BUDGET_MIN) $(PY) benchmarks/bench_quality.py
+
+bench-distill: $(STAMP)  ## bench-quality's MNIST-5k teacher (BUDGET_MIN), distilled: FID / KID of students at 4, 2, 1 calls vs the teacher's samplers
+	BUDGET_MIN=$(BUDGET_MIN) $(PY) benchmarks/bench_distill.py $(BENCH_DISTILL_ARGS)
 
 bench-inpaint: $(STAMP)  ## inpainting quality of CKPT=<checkpoint> (centre mask, held-out images): RePaint against two baselines
 	@test -n "$(CKPT)" || (echo "error: give the checkpoint: make bench-inpaint CKPT=<run>/checkpoints/last.ckpt" >&2; exit 2)

@@ -85,14 +85,17 @@ def compile_requested(cfg: DictConfig) -> bool:
     return bool(cfg.get("compile") or cfg.model.get("compile", False))
 
 
-def build_module(cfg: DictConfig) -> DiffusionModule:
-    """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg."""
+def build_module(
+    cfg: DictConfig, module_class: type[DiffusionModule] = DiffusionModule, **extra: Any
+) -> DiffusionModule:
+    """The DiffusionModule (network, EMA, diffusion, optimizer settings) described by cfg; a subclass of it (distill.py's
+    ProgressiveDistillation) with `module_class`, its own arguments in `extra`."""
     diffusion = build_diffusion(cfg)
     recipe = build_recipe(cfg, diffusion)
     net = build_network(cfg)
     return building(
         "optim/ema",
-        lambda: DiffusionModule(
+        lambda: module_class(
             net,
             diffusion,
             recipe,
@@ -110,6 +113,7 @@ def build_module(cfg: DictConfig) -> DiffusionModule:
             p_uncond=(cfg.get("condition") or {}).get("p_uncond", 0.1),
             guidance=(cfg.get("condition") or {}).get("guidance", 0.0),
             config=OmegaConf.to_container(cfg, resolve=True),
+            **extra,
         ),
     )
 

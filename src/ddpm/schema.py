@@ -1,4 +1,4 @@
-"""The types of every setting of train.py, sample.py and evaluate.py, as Hydra structured configs, and the range checks
+"""The types of every setting of train.py, distill.py, sample.py and evaluate.py, as Hydra structured configs, and the range checks
 that types cannot say (n >= 1, finite guidance, ...), in one place.
 
 The dataclasses are registered in Hydra's ConfigStore (`train_schema`, `sample_schema`, `evaluate_schema`) and head
@@ -128,6 +128,41 @@ class TrainConfig:
     condition: Condition = field(default_factory=Condition)
     schedule: Any = MISSING  # typed by its option: SCHEDULES
     sampler: Any = MISSING  # typed by its option: SAMPLERS
+    callbacks: Any = None
+    logger: Any = None
+    paths: Any = None
+
+
+# ---- distill.py ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgressiveMethod:
+    name: str = "progressive"
+    teacher_steps: int = MISSING
+    student_steps: int = MISSING
+    steps_per_round: int = MISSING
+    objective: str | None = None  # null: the teacher's (the only one allowed)
+    guidance: float | None = None  # null: a class-conditional teacher's condition.guidance
+    lr: float = MISSING
+    warmup_steps: int = 0
+    decay: str = "linear"
+    ema_decay: float = 0.99
+    batch_size: int | None = None  # null: the teacher's data.batch_size
+
+
+@dataclass
+class DistillConfig:
+    task_name: str = "distill"
+    tags: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ckpt_path: str = MISSING  # the teacher
+    resume: str | None = None
+    compile: bool = False
+    data_root: str | None = None
+    method: ProgressiveMethod = field(default_factory=ProgressiveMethod)
+    trainer: Trainer = field(default_factory=Trainer)
+    sampler: Any = MISSING  # the final student's, typed at check time
     callbacks: Any = None
     logger: Any = None
     paths: Any = None
@@ -300,6 +335,7 @@ def register() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="import_schema", node=ImportConfig)
+    cs.store(name="distill_schema", node=DistillConfig)
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -396,6 +432,26 @@ def check_train(cfg: DictConfig) -> None:
                 f"number of steps as an integer, like trainer.val_check_interval={int(interval)}"
             )
     _finite_non_negative("condition.guidance", cfg.condition.guidance)
+
+
+def check_distill(cfg: DictConfig) -> None:
+    """The ranges of distill.py's own settings (the student's run config is then checked as train.py's is)."""
+    m = cfg.method
+    if m.name != "progressive":
+        raise ConfigError(f"unknown method.name {m.name!r}: distill.py has progressive")
+    _at_least(cfg, "method.teacher_steps", 2)
+    for key in ("method.student_steps", "method.steps_per_round", "method.batch_size"):
+        _at_least(cfg, key, 1)
+    _at_least(cfg, "method.warmup_steps", 0)
+    if m.objective is not None and m.objective not in diffusion.OBJECTIVES:
+        raise ConfigError(f"method.objective={m.objective!r}: leave it unset (the teacher's)")
+    if not m.lr > 0 or not math.isfinite(m.lr):
+        raise ConfigError(f"method.lr must be a positive number, got {m.lr}")
+    if m.decay not in ("constant", "cosine", "linear"):
+        raise ConfigError(f"method.decay={m.decay!r}: choose constant, cosine or linear")
+    if not 0 <= m.ema_decay < 1:
+        raise ConfigError(f"method.ema_decay must be in [0, 1), got {m.ema_decay}")
+    _finite_non_negative("method.guidance", m.guidance)
 
 
 TASKS = ("sample", "inpaint", "img2img", "interpolate")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,22 @@ def evaluate_nll(ckpt: Path, out: Path, *, cwd: Path, n: int = 4) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())["nll"]
+
+
+def popen(script: str, *args: str, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, DDPM_ROOT=str(cwd), WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("PYTHONPATH", None)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def interrupt_when(proc: subprocess.Popen, ready, timeout: float = 240) -> tuple[str, str]:
+    """Send Ctrl-C (SIGINT) once `ready()` holds; (stdout, stderr) of the ended process."""
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=240)

@@ -139,3 +139,31 @@ def test_bench_inpaint_scores_three_fills(tmp_path, fid_weights, monkeypatch):
         fid, mse = float(rows[name][0]), float(rows[name][2])
         assert fid > 0 and mse > 0
     assert "Inpainting the centre of 20 held-out mnist5k images" in proc.stdout
+
+
+@pytest.mark.slow  # a tiny teacher, three rounds of two steps, 17 scores of 8 samples
+def test_bench_distill_prints_its_table_and_last_line(tmp_path, fid_weights, monkeypatch):
+    from tests.helpers.cli import train_tiny
+
+    monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
+    teacher = train_tiny(tmp_path)
+    proc = run_script(
+        "benchmarks/bench_distill.py", f"--teacher={teacher}", "--n=8", "--reference-n=16", "--batch=8",
+        f"--out={tmp_path / 'bench'}", "method.teacher_steps=8", "method.student_steps=1", "method.steps_per_round=2",
+        "method.batch_size=8", "trainer.limit_val_batches=1", "callbacks.distillation_rounds.n=4",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert rows["teacher, default sampler"][0].strip() == "20"
+    assert [cells[0].strip() for label, cells in rows.items() if label == "student"] == [
+        "1"
+    ]  # the last of 4, 2, 1
+    students = [line for line in proc.stdout.splitlines() if line.startswith("| student |")]
+    assert [line.split("|")[3].strip() for line in students] == ["ddim4", "ddim2", "ddim1"]
+    fields = dict(f.split("=") for f in proc.stdout.strip().splitlines()[-1].split()[2:])
+    assert {"student4_fid", "student1_kid", "teacher_dpm10_fid", "teacher_best4_kid", "floor_fid"} <= set(
+        fields
+    )
+    assert float(fields["distill_minutes"]) > 0 and float(fields["teacher_minutes"]) > 0
+    assert list((tmp_path / "bench").glob("*/distill_samples.png"))

@@ -5,12 +5,9 @@ and what was saved still there."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -20,8 +17,7 @@ import yaml
 from PIL import Image
 
 from ddpm.checkpoint import read_checkpoint
-from tests.helpers.cli import TINY, run_script, train_tiny
-from tests.helpers.paths import ROOT
+from tests.helpers.cli import TINY, interrupt_when, popen, run_script, train_tiny
 
 QUIET = [*TINY, "logger=none", "~callbacks.sample_grid"]
 
@@ -165,25 +161,6 @@ def test_a_reused_run_folder_with_nothing_left_to_train_says_so(trained, tmp_pat
 
 
 # ---- 4. interrupts and failed writes ---------------------------------------------------------------------------------
-
-
-def popen(script: str, *args: str, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, DDPM_ROOT=str(cwd), WANDB_MODE="offline", WANDB_SILENT="true")
-    env.pop("PYTHONPATH", None)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def interrupt_when(proc: subprocess.Popen, ready, timeout: float = 240) -> tuple[str, str]:
-    """Send Ctrl-C (SIGINT) once `ready()` holds; (stdout, stderr) of the ended process."""
-    deadline = time.monotonic() + timeout
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGINT)
-    return proc.communicate(timeout=240)
 
 
 def test_ctrl_c_during_training_saves_the_run_and_says_how_to_resume(tmp_path):

@@ -20,6 +20,7 @@ from ddpm.build import build_held_out_data, build_sampler
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.conditional import refuse_unless_conditional
 from ddpm.cli.errors import check_writable, run_job
+from ddpm.cli.student import sampler_chosen, sampler_for
 from ddpm.diffusion import SAMPLERS, Sampler
 from ddpm.diffusion.guidance import spread_labels
 from ddpm.diffusion.self_conditioning import refined
@@ -46,6 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     datamodule = build_held_out_data(run_cfg, cfg.data_root)
+    sampler_node = sampler_for(cfg.sampler, run_cfg, sampler_chosen())
 
     results: dict[str, Any] = {
         "checkpoint": str(cfg.ckpt_path),
@@ -58,13 +60,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["classifier_held_out_accuracy"] = scorer.classifier_accuracy
         if guidances:
             results["guidance_sweep"] = guidance_sweep(
-                scorer, build_sampler(module.diffusion, cfg.sampler), guidances
+                scorer, build_sampler(module.diffusion, sampler_node), guidances
             )
         elif samplers:
             results["sweep"] = sampler_sweep(scorer, samplers)
         else:
             results["fid"] = one_sampler(
-                scorer, build_sampler(module.diffusion, cfg.sampler), cfg.get("guidance")
+                scorer, build_sampler(module.diffusion, sampler_node), cfg.get("guidance")
             )
     if "nll" in cfg.metrics:
         results["nll"] = bits_per_dim(module, datamodule.val_set, cfg.nll, cfg.use_ema, device)

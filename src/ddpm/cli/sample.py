@@ -15,6 +15,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.cli.conditional import refuse_unless_conditional
 from ddpm.cli.edit import edit
 from ddpm.cli.errors import check_writable, run_job
+from ddpm.cli.student import sampler_chosen, sampler_for
 from ddpm.diffusion.guidance import spread_labels
 from ddpm.errors import ConfigError
 from ddpm.host_memory import retain_freed_memory
@@ -35,7 +36,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     module, run_cfg = load_checkpoint(cfg.ckpt_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
-    sampler = build_sampler(module.diffusion, cfg.sampler)
+    sampler = build_sampler(module.diffusion, sampler_for(cfg.sampler, run_cfg, sampler_chosen()))
     refuse_unless_conditional(
         cfg.ckpt_path, module.num_classes, {"labels": cfg.labels, "guidance": cfg.guidance}
     )

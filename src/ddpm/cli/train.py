@@ -82,6 +82,14 @@ def train(cfg: DictConfig) -> float | None:
     if resumed_step is not None and nothing_left_to_train(cfg, ckpt_path, resumed_step):
         return None
 
+    trainer = fit(cfg, module, datamodule, ckpt_path, resumed_step)
+    return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def fit(cfg: DictConfig, module, datamodule, ckpt_path: str | None, resumed_step: int | None) -> L.Trainer:
+    """Build the run's callbacks, loggers and Trainer from cfg, fit `module` (resuming `ckpt_path`), end with the run's
+    report; a stop by SIGTERM or Ctrl-C says where the run was saved and exits as the signal does. train.py and
+    distill.py share it."""
     callbacks = [
         building(f"callbacks.{name}", lambda c=c: hydra.utils.instantiate(c))
         for name, c in (cfg.get("callbacks") or {}).items()
@@ -129,7 +137,7 @@ def train(cfg: DictConfig) -> float | None:
         if trainer.is_global_zero and any(isinstance(lg, WandbLogger) for lg in loggers) and wandb.run:
             wandb.finish(exit_code=0 if trainer.state.status == TrainerStatus.FINISHED else 1)
 
-    return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+    return trainer
 
 
 def resume_point(module, ckpt_path: str, cfg: DictConfig) -> int:

@@ -1,6 +1,7 @@
 """Lightning glue: the DiffusionModule (training_step, EMA) and one callback per file."""
 
 from ddpm.training.checkpoint_io import AtomicCheckpointIO
+from ddpm.training.distillation import DistillationRounds, ProgressiveDistillation
 from ddpm.training.ema import EMA, ema_decay_at
 from ddpm.training.figures import ForwardProcessFigures
 from ddpm.training.headless_progress import HeadlessProgress
@@ -16,10 +17,12 @@ __all__ = [
     "EMA",
     "AtomicCheckpointIO",
     "DiffusionModule",
+    "DistillationRounds",
     "ForwardProcessFigures",
     "HeadlessProgress",
     "LastCheckpoint",
     "NonFiniteLossError",
+    "ProgressiveDistillation",
     "RunClock",
     "SampleFID",
     "SampleGrid",

@@ -26,11 +26,17 @@ class LastCheckpoint(L.Callback):
     the step in progress (Ctrl-C is routed into Lightning's SIGTERM flag); under DDP, Lightning broadcasts the flag
     and raises on every rank at the start of the next step, and all ranks take part in the save. The checkpoint holds
     the model, EMA, optimizer, LR schedule, step counter and data position: resume with `ckpt_path=<that file>`.
-    `stop_signal` is the signal that stopped the run (None: it was not stopped).
+    `stop_signal` is the signal that stopped the run (None: it was not stopped); `resume_command` is the command the
+    stop message gives, `{path}` standing for the checkpoint.
     """
 
-    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
-        self.dirpath, self.filename = dirpath, filename
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "last.ckpt",
+        resume_command: str = "python train.py ckpt_path={path}",
+    ) -> None:
+        self.dirpath, self.filename, self.resume_command = dirpath, filename, resume_command
         self.saved: Path | None = None  # the last file written
         self.stop_signal: int | None = None
         self._previous_sigint = None
@@ -84,7 +90,8 @@ class LastCheckpoint(L.Callback):
     def stopped_message(self, step: int) -> str:
         """What a stopped run says last (after the progress bar has gone): the signal, the step, how to resume."""
         name = signal.Signals(self.stop_signal or signal.SIGTERM).name
-        return f"stopped by {name} at step {step}: saved {self.saved}; resume with: python train.py ckpt_path={self.saved}"
+        resume = self.resume_command.format(path=self.saved)
+        return f"stopped by {name} at step {step}: saved {self.saved}; resume with: {resume}"
 
 
 def written_at_this_step(trainer: L.Trainer, path: Path) -> bool:

@@ -14,14 +14,16 @@ log = logging.getLogger(__name__)
 
 
 def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
-    """Log the step reached and the last train/val metrics, the checkpoint, the time spent on validation and the final
-    FID, the last sample grid, the W&B run (with how to view and upload it), and the sample / evaluate commands."""
+    """Log the step reached and the last train/val metrics, the checkpoint (and each distillation round's student),
+    the time spent on validation and the final FID, the last sample grid, the W&B run (with how to view and upload
+    it), and the sample / evaluate commands."""
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))
     }
     reached = " · ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())) or "no metrics logged"
     ckpt = out / "checkpoints" / "last.ckpt"
-    grids = sorted((out / "samples").glob("step_*.png"))
+    grids = sorted((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    students = sorted((out / "checkpoints").glob("student_*steps.ckpt"), key=lambda p: p.stat().st_mtime)
     runs = sorted((out / "wandb").glob("offline-run-*")) + sorted((out / "wandb").glob("run-*"))
     lines = [
         f"run finished: step {trainer.global_step} in {seconds / 60:.1f} min; {reached}",
@@ -36,6 +38,8 @@ def report_run(trainer: L.Trainer, out: Path, seconds: float) -> None:
         if fid is not None:
             spent.append(f"final FID / KID {fid.end_seconds:.0f} s")
         lines.append(f"  time:       {'; '.join(spent)}")
+    for student in students:  # distill.py: each round's student
+        lines.append(f"  student:    {student}")
     if grids:
         lines.append(f"  last grid:  {grids[-1]}")
     if runs:

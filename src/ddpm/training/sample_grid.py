@@ -56,14 +56,7 @@ class SampleGrid(L.Callback):
             images = pl_module.sample(sampler, len(labels), generator=generator, labels=labels)
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
         path = save_grid(images, folder / f"step_{trainer.global_step:07d}.png", nrow=nrow)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="val/samples",
-                    images=[str(path)],
-                    step=trainer.global_step,
-                    caption=[f"step {trainer.global_step}"],
-                )
+        log_grid(trainer, "val/samples", path, f"step {trainer.global_step}")
         return path
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,3 +68,10 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.make_grid(trainer, pl_module)
+
+
+def log_grid(trainer: L.Trainer, key: str, path: Path, caption: str) -> None:
+    """Send the PNG grid at `path` to the run's W&B logger (if any) as image `key` at the current step."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step, caption=[caption])

@@ -1,0 +1,262 @@
+"""Progressive distillation as a LightningModule: rounds of a student learning to take one DDIM step where its teacher
+(the previous round's student) takes two; and the callback that ends each round (checkpoint, grid, next teacher).
+
+The math is `ddpm.diffusion.distillation`; this file is its training loop: which step, which noise, which weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+
+from ddpm.diffusion import GaussianDiffusion, Recipe, make_sampler
+from ddpm.diffusion.distillation import alpha_sigma, halving_rounds, progressive_target, truncated_snr_weights
+from ddpm.diffusion.guidance import ClassConditioned, drop_labels
+from ddpm.diffusion.likelihood import mean_flat
+from ddpm.diffusion.samplers import trailing_timesteps
+from ddpm.images import save_grid
+from ddpm.training.module import DiffusionModule, lr_at
+from ddpm.training.sample_grid import log_grid
+
+log = logging.getLogger(__name__)
+
+
+def student_sampler(steps: int) -> dict[str, Any]:
+    """The sampler node of a student of `steps` steps: deterministic DDIM on the timesteps it was distilled on."""
+    return {"name": "ddim", "steps": steps, "eta": 0.0, "spacing": "trailing", "compile": False}
+
+
+class ProgressiveDistillation(DiffusionModule):
+    """A student network (`net`, initialised by the caller from the teacher's EMA weights, see `start_from`) distilled
+    in rounds: round r trains a student of `rounds[r]` steps on the targets of its teacher at twice as many
+    (`progressive_target`), for `steps_per_round` optimizer steps, with the learning rate warmed up and decayed
+    within each round. At the start of each later round the student's EMA weights become the teacher and the start
+    of the next student (`start_round`, called by `DistillationRounds`).
+
+    Args (beyond DiffusionModule's):
+        teacher_steps: the DDIM steps of the first teacher.
+        student_steps: the steps of the last round's student (teacher_steps / 2^k).
+        steps_per_round: optimizer steps of each round.
+        teacher_guidance: a class-conditional teacher's guidance scale w, folded into the student: its targets for
+            labelled images are those of the guided teacher, so the student samples at guidance 0 what the teacher
+            drew at w (the null class keeps the unguided teacher's targets).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        recipe: Recipe | None = None,
+        *,
+        teacher_steps: int,
+        student_steps: int,
+        steps_per_round: int,
+        teacher_guidance: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(net, diffusion, recipe, **kwargs)
+        if steps_per_round < 1:
+            raise ValueError(f"steps_per_round must be at least 1, got {steps_per_round}")
+        if teacher_steps > diffusion.num_timesteps:
+            raise ValueError(
+                f"the teacher cannot take {teacher_steps} steps on a chain of T={diffusion.num_timesteps} timesteps"
+            )
+        self.rounds = halving_rounds(teacher_steps, student_steps)
+        self.steps_per_round = steps_per_round
+        self.teacher_guidance = teacher_guidance
+        self.round = 0
+        # frozen, and kept out of the module tree: neither in state_dict (a student checkpoint is an ordinary one)
+        # nor in DDP's parameters; saved under its own checkpoint key for resuming (on_save_checkpoint)
+        self.__dict__["teacher"] = copy.deepcopy(net).requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------ rounds
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_round * len(self.rounds)
+
+    @property
+    def steps(self) -> int:
+        """The step count of the student this round trains."""
+        return self.rounds[self.round]
+
+    def round_at(self, step: int) -> int:
+        return min(step // self.steps_per_round, len(self.rounds) - 1)
+
+    def start_from(self, weights: dict[str, Tensor]) -> None:
+        """Teacher, student and the student's EMA all start from `weights` (the teacher's EMA network)."""
+        for net in (self.teacher, self.net, self.ema.module):
+            net.load_state_dict(weights)
+
+    @torch.no_grad()
+    def start_round(self, r: int) -> None:
+        """Round r: the last student's EMA weights become the teacher and the new student (its average restarts)."""
+        weights = self.ema.module.state_dict()
+        self.teacher.load_state_dict(weights)
+        self.net.load_state_dict(weights)
+        self.round = r
+
+    def _teacher_on(self, device: torch.device) -> nn.Module:
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        return self.teacher
+
+    # ------------------------------------------------------------------ the loss
+    def distillation_loss(self, net: nn.Module, batch: Any, g: torch.Generator, drop: bool) -> Tensor:
+        """E_i,eps[max(SNR_t, 1) ||xtilde - xhat_student(z_t)||^2], t = tau_i of this round's student, i uniform in
+        1..N, z_t = q_sample(x_0, t, eps), xtilde from two teacher DDIM steps (`progressive_target`)."""
+        x0 = self._images(batch)
+        n = self.steps
+        grid = torch.tensor(trailing_timesteps(self.diffusion.num_timesteps, n), device=x0.device)
+        index = torch.randint(1, n + 1, (x0.shape[0],), device=x0.device, generator=g)
+        t = grid[index - 1]
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=g)
+        z = self.diffusion.q_sample(x0, t, noise)
+        labels = None
+        if self.num_classes is not None:
+            self._network_of(net, batch)  # refuses batches without labels in one sentence
+            labels = batch[1]
+            if drop:
+                labels = drop_labels(labels, self.hparams.p_uncond, self.num_classes, g)
+        teacher = self._teacher_on(x0.device)
+        teacher_model = (
+            teacher
+            if labels is None
+            else ClassConditioned(teacher, labels, self.num_classes, self.teacher_guidance)
+        )
+        with torch.no_grad():
+            target = progressive_target(
+                lambda x, s: self.diffusion.data_prediction(x, s, teacher_model(x, s)),
+                z,
+                index,
+                trailing_timesteps(self.diffusion.num_timesteps, 2 * n),
+                self.diffusion.alphas_cumprod,
+            )
+        out = net(z, t) if labels is None else net(z, t, labels)
+        x0_hat = self.diffusion.predict_x0_and_eps(z, t, out, clip_denoised=False)[0]
+        weights = truncated_snr_weights(*alpha_sigma(self.diffusion.alphas_cumprod, t)).to(x0.dtype)
+        return (weights * mean_flat((x0_hat - target) ** 2)).mean()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if self.round != self.round_at(self.global_step):
+            raise RuntimeError(
+                f"step {self.global_step} belongs to round {self.round_at(self.global_step)}, the module is in round "
+                f"{self.round}: train with the DistillationRounds callback, which starts each round"
+            )
+        x0 = self._images(batch)
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        g = self.noise_generator(x0.device, batch_idx % accumulate)
+        loss = self.distillation_loss(self.train_net, batch, g, drop=True)
+        self.loss_check.submit(loss, self.global_step)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("distill/student_steps", float(self.steps))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The distillation loss of the EMA student on held-out images, noise fixed per batch."""
+        x0 = self._images(batch)
+        g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
+        loss = self.distillation_loss(self.ema.module, batch, g, drop=False)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW; in each round a warm-up over warmup_steps and the decay (lr_decay) to final_lr_ratio at its end."""
+        config = super().configure_optimizers()
+        hp, per_round = self.hparams, self.steps_per_round
+
+        def factor(step: int) -> float:
+            within = step % per_round
+            return lr_at(within, 1.0, hp.warmup_steps, hp.lr_decay, within / per_round, hp.final_lr_ratio)
+
+        optimizer = config["optimizer"]
+        config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return config
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The teacher and the round, for resuming; and the run config as the weights sample: distill.steps and the
+        sampler node of this round's student (what sample.py and evaluate.py use by default)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["distillation"] = {"round": self.round, "teacher": self.teacher.state_dict()}
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        config = copy.deepcopy(hparams.get("config") or {})
+        config.setdefault("distill", {})["steps"] = self.steps
+        config["sampler"] = student_sampler(self.steps)
+        checkpoint["hyper_parameters"] = {**hparams, "config": config}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("distillation")
+        if state is None:
+            raise ValueError("this checkpoint holds no distillation state: it was not written by distill.py")
+        self.teacher.load_state_dict(state["teacher"])
+        self.round = int(state["round"])
+
+
+class DistillationRounds(L.Callback):
+    """Ends each round of a `ProgressiveDistillation`: writes `<dirpath>/student_<N>steps.ckpt` and a grid of the
+    N-step student (`<samples>/student_<N>steps.png`, to W&B as distill/samples), then starts the next round."""
+
+    def __init__(self, dirpath: str, samples_dirpath: str, n: int = 64, seed: int = 0) -> None:
+        self.dirpath, self.samples_dirpath, self.n, self.seed = Path(dirpath), Path(samples_dirpath), n, seed
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: ProgressiveDistillation) -> None:
+        self._announce(pl_module)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: ProgressiveDistillation, batch: Any, batch_idx: int
+    ) -> None:
+        r = pl_module.round_at(trainer.global_step)
+        if r != pl_module.round:
+            self.finish_round(trainer, pl_module)
+            pl_module.start_round(r)
+            self._announce(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: ProgressiveDistillation) -> None:
+        if trainer.global_step >= pl_module.total_steps:
+            self.finish_round(trainer, pl_module)
+
+    def _announce(self, module: ProgressiveDistillation) -> None:
+        if module.global_rank == 0:
+            log.info(
+                "round %d of %d: a %d-step student of the %d-step teacher (steps %d-%d)",
+                module.round + 1,
+                len(module.rounds),
+                module.steps,
+                2 * module.steps,
+                module.round * module.steps_per_round,
+                (module.round + 1) * module.steps_per_round,
+            )
+
+    def finish_round(self, trainer: L.Trainer, module: ProgressiveDistillation) -> None:
+        path = self.dirpath / f"student_{module.steps}steps.ckpt"
+        trainer.save_checkpoint(path)
+        grid = self.grid(trainer, module)
+        if module.global_rank == 0:
+            log.info(
+                "round %d done at step %d: the %d-step student is %s (grid %s)",
+                module.round + 1,
+                trainer.global_step,
+                module.steps,
+                path,
+                grid,
+            )
+
+    @rank_zero_only
+    def grid(self, trainer: L.Trainer, module: ProgressiveDistillation) -> Path:
+        sampler = make_sampler(module.diffusion, **student_sampler(module.steps))
+        generator = torch.Generator(device=module.device).manual_seed(self.seed)
+        images = module.sample(sampler, self.n, generator=generator)
+        path = save_grid(images, self.samples_dirpath / f"student_{module.steps}steps.png")
+        log_grid(trainer, "distill/samples", path, f"{module.steps}-step student, step {trainer.global_step}")
+        return path
+
+
+__all__ = ["DistillationRounds", "ProgressiveDistillation", "student_sampler"]
