@@ -50,6 +50,18 @@ def isa() -> str:
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
 
 
+def fid_weights() -> str:
+    """The FID Inception weights ($DDPM_FID_WEIGHTS, or the shared folder's); exits with a sentence when there are none."""
+    weights = resolve_weights(
+        os.environ.get("DDPM_FID_WEIGHTS") or (str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else None)
+    )
+    if weights is None:
+        sys.exit(
+            "no FID Inception weights: set DDPM_FID_WEIGHTS to the .pth file (or DDPM_SHARED to the shared/ folder)"
+        )
+    return weights
+
+
 def unpack_mnist() -> None:
     """torchvision reads MNIST's four files unpacked under <root>/MNIST/raw/; the shared folder holds them gzipped
     (and read-only): unpack them once into this project's data/ (no download)."""
@@ -115,13 +127,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for train.py (default: none)")
     args = parser.parse_args()
 
-    weights = resolve_weights(
-        os.environ.get("DDPM_FID_WEIGHTS") or (str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else None)
-    )
-    if weights is None:
-        sys.exit(
-            "no FID Inception weights: set DDPM_FID_WEIGHTS to the .pth file (or DDPM_SHARED to the shared/ folder)"
-        )
+    weights = fid_weights()
     if "mnist" in args.data and not (SHARED / "data" / "MNIST" / "raw").is_dir():
         sys.exit(
             f"full MNIST needs its raw files under {SHARED / 'data' / 'MNIST' / 'raw'}: set DDPM_SHARED, or --data mnist5k"

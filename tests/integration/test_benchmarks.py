@@ -148,7 +148,7 @@ def test_bench_distill_prints_its_table_and_last_line(tmp_path, fid_weights, mon
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     teacher = train_tiny(tmp_path)
     proc = run_script(
-        "benchmarks/bench_distill.py", f"--teacher={teacher}", "--n=8", "--reference-n=16", "--batch=8",
+        "benchmarks/bench_distill.py", f"--teacher={teacher}", "--n=8", "--screen-n=8", "--reference-n=16", "--batch=8",
         f"--out={tmp_path / 'bench'}", "method.teacher_steps=8", "method.student_steps=1", "method.steps_per_round=2",
         "method.batch_size=8", "trainer.limit_val_batches=1", "callbacks.distillation_rounds.n=4",
         cwd=tmp_path,
@@ -165,5 +165,5 @@ def test_bench_distill_prints_its_table_and_last_line(tmp_path, fid_weights, mon
     assert {"student4_fid", "student1_kid", "teacher_dpm10_fid", "teacher_best4_kid", "floor_fid"} <= set(
         fields
     )
-    assert float(fields["distill_minutes"]) > 0 and float(fields["teacher_minutes"]) > 0
+    assert float(fields["distill_minutes"]) >= 0 and float(fields["teacher_minutes"]) >= 0  # 0.0: seconds
     assert list((tmp_path / "bench").glob("*/distill_samples.png"))

@@ -226,6 +226,7 @@ def test_two_process_ddp_distillation(teacher, tmp_path):
 def test_a_class_conditional_teacher_distils_into_a_class_conditional_student_with_its_guidance_folded(
     tmp_path,
 ):
+    (tmp_path / "cond").mkdir()
     teacher = train_tiny(tmp_path / "cond", "condition=class", "condition.guidance=1.5")
     proc = distill(tmp_path, teacher, "logger=none", "~callbacks.fid")
     assert proc.returncode == 0, proc.stderr[-3000:]
