@@ -1,10 +1,11 @@
-"""The types of every setting of train.py, distill.py, sample.py and evaluate.py, as Hydra structured configs, and the range checks
-that types cannot say (n >= 1, finite guidance, ...), in one place.
+"""The types of every setting of train.py, distill.py, sample.py and evaluate.py, as Hydra structured configs, and the
+range checks that types cannot say (n >= 1, finite guidance, ...), in one place.
 
-The dataclasses are registered in Hydra's ConfigStore (`train_schema`, `sample_schema`, `evaluate_schema`) and head
-the defaults lists of conf/train.yaml, sample.yaml and evaluate.yaml, so OmegaConf checks each value's type when the
-command line is composed (`n=abc`, `use_ema=maybe`, `metrics=nll` are refused there). A node whose keys depend on the
-chosen option (a schedule, a sampler) is typed by its option's dataclass at check time (`check_named_node`).
+The dataclasses are registered in Hydra's ConfigStore (`train_schema`, `distill_schema`, `sample_schema`,
+`evaluate_schema`, ...) and head the defaults lists of conf/train.yaml, distill.yaml, sample.yaml and evaluate.yaml,
+so OmegaConf checks each value's type when the command line is composed (`n=abc`, `use_ema=maybe`, `metrics=nll` are
+refused there). A node whose keys depend on the chosen option (a schedule, a sampler) is typed by its option's
+dataclass at check time (`check_named_node`).
 """
 
 from __future__ import annotations
