@@ -34,6 +34,11 @@ TINY_DISTILL = [
 ]
 
 
+def slow(*values):
+    """A parametrized case kept out of the default suite (CI runs it with make test-slow)."""
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     """A tiny x_0-predicting teacher (the default objective), trained once for 4 steps."""
@@ -107,6 +112,7 @@ def test_a_tiny_teacher_distils_through_the_cli_into_students_sample_py_loads(te
     assert "ddim3, 3 network calls per image" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # 30 s: a distillation and FID; sample.py's default sampler is tested by default
 def test_evaluate_py_scores_a_student_with_its_own_sampler(teacher, tmp_path, fid_weights, monkeypatch):
     monkeypatch.setenv("DDPM_FID_WEIGHTS", fid_weights)
     assert distill(tmp_path, teacher, "~callbacks.fid", "logger=none").returncode == 0
@@ -158,6 +164,7 @@ def test_ctrl_c_saves_the_distillation_and_the_same_command_resumes_it(teacher, 
     assert (run / "checkpoints" / "student_2steps.ckpt").is_file()
 
 
+@pytest.mark.slow  # 30 s: three runs; what resume checks is what train.py's resume checks (tested by default)
 def test_resume_refuses_another_distillation_and_a_training_checkpoint(teacher, tmp_path):
     assert distill(tmp_path, teacher, "logger=none", "~callbacks.fid").returncode == 0
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -177,10 +184,10 @@ def test_resume_refuses_another_distillation_and_a_training_checkpoint(teacher, 
     "overrides, sentence",
     [
         (["method.student_steps=3"], "3 student steps are not reachable from 8 teacher steps by halving"),
-        (["method.teacher_steps=256"], "method.teacher_steps=256 exceeds the teacher's T=100 timesteps"),
+        slow(["method.teacher_steps=256"], "method.teacher_steps=256 exceeds the teacher's T=100 timesteps"),
         (["method.objective=v"], "method.objective=v but the teacher predicts x0"),
-        (["method.steps_per_round=abc"], "method.steps_per_round must be an integer"),
-        (["method.guidance=2"], "is unconditional"),
+        slow(["method.steps_per_round=abc"], "method.steps_per_round must be an integer"),
+        slow(["method.guidance=2"], "is unconditional"),
     ],
 )
 def test_bad_distillation_settings_are_one_sentence_before_anything_is_written(
