@@ -96,7 +96,7 @@ class ProgressiveDistillation(DiffusionModule):
 
     @torch.no_grad()
     def start_round(self, r: int) -> None:
-        """Round r: the last student's EMA weights become the teacher and the new student (its average restarts)."""
+        """Round r: the last student's EMA weights become the teacher and the new student (whose average goes on)."""
         weights = self.ema.module.state_dict()
         self.teacher.load_state_dict(weights)
         self.net.load_state_dict(weights)
