@@ -16,14 +16,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.build import build_module
 from ddpm.checkpoint import find_last_checkpoint, load_checkpoint, read_checkpoint
 from ddpm.cli.errors import run_job
-from ddpm.cli.train import check_config, fit, nothing_left_to_train, resume_point
+from ddpm.cli.train import check_config, fit, nothing_left_to_train, resume_point, use_tf32
 from ddpm.diffusion.distillation import halving_rounds
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
@@ -51,9 +50,7 @@ def distill(cfg: DictConfig) -> float | None:
     check_config(run_cfg)
     datamodule = building("data", lambda: hydra.utils.instantiate(run_cfg.data))
     datamodule.check()
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+    use_tf32()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     d = run_cfg.distill
@@ -117,7 +114,7 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
             f"method.teacher_steps={method.teacher_steps} exceeds the teacher's T={num_timesteps} timesteps"
         )
     try:
-        halving_rounds(method.teacher_steps, method.student_steps)
+        rounds = halving_rounds(method.teacher_steps, method.student_steps)
     except ValueError as e:
         raise ConfigError(f"method.student_steps: {e}") from None
     conditional = teacher_cfg.model.get("num_classes") is not None
@@ -156,7 +153,6 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
     stop = (student.get("callbacks") or {}).get("last_checkpoint")
     if stop:  # a stopped run names the command that resumes it: this one, in this run's folder
         stop["resume_command"] = resume_command(student["paths"]["output_dir"])
-    rounds = halving_rounds(method.teacher_steps, method.student_steps)
     student["trainer"]["max_steps"] = method.steps_per_round * len(rounds)
     student["sampler"] = student_sampler(method.student_steps)
     student["distill"] = {

@@ -71,9 +71,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = building("data", lambda: hydra.utils.instantiate(cfg.data))
     datamodule.check()
     resolve_num_classes(cfg, datamodule)
-    if torch.cuda.is_available():  # TF32 matmuls and convolutions on Ampere and later; CPU math is left alone
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+    use_tf32()
     if cfg.get("seed") is not None:  # before building the network: the seed fixes the initial weights
         L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
@@ -84,6 +82,13 @@ def train(cfg: DictConfig) -> float | None:
 
     trainer = fit(cfg, module, datamodule, ckpt_path, resumed_step)
     return optimized_value(trainer.callback_metrics, cfg.get("optimized_metric") or "val/loss")
+
+
+def use_tf32() -> None:
+    """TF32 matmuls and convolutions on a GPU (Ampere and later); CPU math is left alone."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def fit(cfg: DictConfig, module, datamodule, ckpt_path: str | None, resumed_step: int | None) -> L.Trainer:
