@@ -143,6 +143,7 @@ class ProgressiveMethod:
     teacher_steps: int = MISSING
     student_steps: int = MISSING
     steps_per_round: int = MISSING
+    first_round_steps: int | None = None  # null: steps_per_round
     objective: str | None = None  # null: the teacher's (the only one allowed)
     guidance: float | None = None  # null: a class-conditional teacher's condition.guidance
     lr: float = MISSING
@@ -441,7 +442,12 @@ def check_distill(cfg: DictConfig) -> None:
     if m.name != "progressive":
         raise ConfigError(f"unknown method.name {m.name!r}: distill.py has progressive")
     _at_least(cfg, "method.teacher_steps", 2)
-    for key in ("method.student_steps", "method.steps_per_round", "method.batch_size"):
+    for key in (
+        "method.student_steps",
+        "method.steps_per_round",
+        "method.first_round_steps",
+        "method.batch_size",
+    ):
         _at_least(cfg, key, 1)
     _at_least(cfg, "method.warmup_steps", 0)
     if m.objective is not None and m.objective not in diffusion.OBJECTIVES:

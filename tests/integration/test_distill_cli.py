@@ -18,10 +18,12 @@ from ddpm.training.distillation import student_sampler
 from tests.helpers.cli import interrupt_when, popen, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
-# a teacher of 8 DDIM steps distilled into students of 4 and 2 steps, 3 optimizer steps per round
+# a teacher of 8 DDIM steps distilled into students of 4 and 2 steps, 4 optimizer steps in the first round, 3 in the
+# second
 TINY_DISTILL = [
     "method.teacher_steps=8",
     "method.student_steps=2",
+    "method.first_round_steps=4",
     "method.steps_per_round=3",
     "method.batch_size=8",
     "method.warmup_steps=1",
@@ -67,7 +69,8 @@ def test_a_tiny_teacher_distils_through_the_cli_into_students_sample_py_loads(te
     run = tmp_path / "run"
     assert "round 1 of 2: a 4-step student of the 8-step teacher" in log
     assert "round 2 of 2: a 2-step student of the 4-step teacher" in log
-    assert "run finished: step 6" in log and f"sample:     python sample.py ckpt_path={run}" in log
+    assert "round 1 done at step 4: the 4-step student" in log
+    assert "run finished: step 7" in log and f"sample:     python sample.py ckpt_path={run}" in log
     for steps in (4, 2):
         assert f"student:    {run / 'checkpoints' / f'student_{steps}steps.ckpt'}" in log
         assert (run / "samples" / f"student_{steps}steps.png").is_file()
@@ -131,6 +134,7 @@ def test_ctrl_c_saves_the_distillation_and_the_same_command_resumes_it(teacher, 
     args = [
         f"ckpt_path={teacher}",
         *TINY_DISTILL,
+        "method.first_round_steps=40",
         "method.steps_per_round=40",
         "logger=none",
         "~callbacks.fid",
@@ -225,7 +229,7 @@ def test_two_process_ddp_distillation(teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
     run = tmp_path / "run"
-    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 7
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["student_2steps.png", "student_4steps.png"]
 
 

@@ -119,7 +119,7 @@ class RecordingUNet(torch.nn.Module):
         return self.inner(x, t, *args)
 
 
-def distiller(steps_per_round: int) -> ProgressiveDistillation:
+def distiller(steps_per_round: int, first_round_steps: int | None = None) -> ProgressiveDistillation:
     diffusion = GaussianDiffusion(make_beta_schedule("linear", 100), objective="x0")
     return ProgressiveDistillation(
         RecordingUNet(),
@@ -127,6 +127,7 @@ def distiller(steps_per_round: int) -> ProgressiveDistillation:
         teacher_steps=8,
         student_steps=2,
         steps_per_round=steps_per_round,
+        first_round_steps=first_round_steps,
         lr=1e-3,
         warmup_steps=0,
         ema_decay=0.5,
@@ -167,3 +168,26 @@ def test_a_round_starts_from_the_last_students_average_and_makes_it_the_teacher(
     assert not any(
         k.startswith("teacher") for k in module.state_dict()
     )  # a student checkpoint is an ordinary one
+
+
+def test_a_longer_first_round_ends_where_it_is_told_and_each_round_restarts_the_rate():
+    from ddpm.training.distillation import DistillationRounds
+
+    module = distiller(steps_per_round=3, first_round_steps=7)
+    module.hparams.lr_decay = "linear"
+    ends, rates = [], []
+
+    class Record(DistillationRounds):
+        def finish_round(self, trainer, module):
+            ends.append((module.steps, trainer.global_step))
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            super().on_train_batch_start(trainer, module, batch, batch_idx)
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer(max_steps=module.total_steps, callbacks=[Record("unused", "unused")]).fit(module, loader(n=160))
+    assert module.total_steps == 10
+    assert ends == [(4, 7), (2, 10)]
+    # linear decay to 0 within each round: 7 steps from 1e-3, then 3 steps from 1e-3 again
+    expected = [1e-3 * (1 - i / 7) for i in range(7)] + [1e-3 * (1 - i / 3) for i in range(3)]
+    assert rates == pytest.approx(expected)

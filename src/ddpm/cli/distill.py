@@ -27,7 +27,7 @@ from ddpm.diffusion.distillation import halving_rounds
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
 from ddpm.schema import check_distill
-from ddpm.training.distillation import ProgressiveDistillation, student_sampler
+from ddpm.training.distillation import ProgressiveDistillation, round_lengths, student_sampler
 from ddpm.training.quiet import quiet_lightning
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,14 @@ log = logging.getLogger(__name__)
 # what the student takes from distill.py's own config rather than from the teacher's run
 OWN_NODES = ("task_name", "tags", "seed", "compile", "trainer", "callbacks", "logger", "paths")
 # the distill settings a resumed run must share with the checkpoint it resumes
-RESUME_MUST_MATCH = ("method", "teacher_steps", "student_steps", "steps_per_round", "guidance")
+RESUME_MUST_MATCH = (
+    "method",
+    "teacher_steps",
+    "student_steps",
+    "steps_per_round",
+    "first_round_steps",
+    "guidance",
+)
 
 
 def distill(cfg: DictConfig) -> float | None:
@@ -60,6 +67,7 @@ def distill(cfg: DictConfig) -> float | None:
         teacher_steps=d.teacher_steps,
         student_steps=d.student_steps,
         steps_per_round=d.steps_per_round,
+        first_round_steps=d.first_round_steps,
         teacher_guidance=d.guidance,
     )
     module.start_from(teacher.ema.module.state_dict())
@@ -71,11 +79,11 @@ def distill(cfg: DictConfig) -> float | None:
         if nothing_left_to_train(run_cfg, ckpt_path, resumed_step):
             return None
     log.info(
-        "distilling %s: %d-step DDIM teacher -> students of %s steps, %d optimizer steps each",
+        "distilling %s: %d-step DDIM teacher -> students of %s steps, %s optimizer steps",
         cfg.ckpt_path,
         d.teacher_steps,
         ", ".join(str(n) for n in module.rounds),
-        d.steps_per_round,
+        ", ".join(str(n) for n in round_lengths(len(module.rounds), d.steps_per_round, d.first_round_steps)),
     )
     trainer = fit(run_cfg, module, datamodule, ckpt_path, resumed_step)
     value = trainer.callback_metrics.get("val/loss")
@@ -153,7 +161,9 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
     stop = (student.get("callbacks") or {}).get("last_checkpoint")
     if stop:  # a stopped run names the command that resumes it: this one, in this run's folder
         stop["resume_command"] = resume_command(student["paths"]["output_dir"])
-    student["trainer"]["max_steps"] = method.steps_per_round * len(rounds)
+    student["trainer"]["max_steps"] = sum(
+        round_lengths(len(rounds), method.steps_per_round, method.first_round_steps)
+    )
     student["sampler"] = student_sampler(method.student_steps)
     student["distill"] = {
         "method": method.name,
@@ -161,6 +171,7 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
         "teacher_steps": method.teacher_steps,
         "student_steps": method.student_steps,
         "steps_per_round": method.steps_per_round,
+        "first_round_steps": method.first_round_steps,
         "guidance": guidance,
         "steps": method.student_steps,  # each checkpoint: the steps of the student it holds
     }

@@ -6,7 +6,9 @@ The math is `ddpm.diffusion.distillation`; this file is its training loop: which
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,13 @@ from ddpm.training.sample_grid import log_grid
 log = logging.getLogger(__name__)
 
 
+def round_lengths(rounds: int, steps_per_round: int, first_round_steps: int | None = None) -> list[int]:
+    """The optimizer steps of each round: `first_round_steps` (default `steps_per_round`) for the first, whose student
+    every later one inherits its errors from, and `steps_per_round` for each later round."""
+    first = steps_per_round if first_round_steps is None else first_round_steps
+    return [first] + [steps_per_round] * (rounds - 1)
+
+
 def student_sampler(steps: int) -> dict[str, Any]:
     """The sampler node of a student of `steps` steps: deterministic DDIM on the timesteps it was distilled on."""
     return {"name": "ddim", "steps": steps, "eta": 0.0, "spacing": "trailing", "compile": False}
@@ -36,14 +45,15 @@ def student_sampler(steps: int) -> dict[str, Any]:
 class ProgressiveDistillation(DiffusionModule):
     """A student network (`net`, initialised by the caller from the teacher's EMA weights, see `start_from`) distilled
     in rounds: round r trains a student of `rounds[r]` steps on the targets of its teacher at twice as many
-    (`progressive_target`), for `steps_per_round` optimizer steps, with the learning rate warmed up and decayed
-    within each round. At the start of each later round the student's EMA weights become the teacher and the start
+    (`progressive_target`), for `steps_per_round` optimizer steps (`first_round_steps` in the first), with the learning
+    rate warmed up and decayed within each round. At the start of each later round the student's EMA weights become the teacher and the start
     of the next student (`start_round`, called by `DistillationRounds`).
 
     Args (beyond DiffusionModule's):
         teacher_steps: the DDIM steps of the first teacher.
         student_steps: the steps of the last round's student (teacher_steps / 2^k).
-        steps_per_round: optimizer steps of each round.
+        steps_per_round: optimizer steps of each round after the first.
+        first_round_steps: optimizer steps of the first round (None: steps_per_round).
         teacher_guidance: a class-conditional teacher's guidance scale w, folded into the student: its targets for
             labelled images are those of the guided teacher, so the student samples at guidance 0 what the teacher
             drew at w (the null class keeps the unguided teacher's targets).
@@ -58,18 +68,21 @@ class ProgressiveDistillation(DiffusionModule):
         teacher_steps: int,
         student_steps: int,
         steps_per_round: int,
+        first_round_steps: int | None = None,
         teacher_guidance: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(net, diffusion, recipe, **kwargs)
-        if steps_per_round < 1:
-            raise ValueError(f"steps_per_round must be at least 1, got {steps_per_round}")
+        if steps_per_round < 1 or (first_round_steps is not None and first_round_steps < 1):
+            raise ValueError(f"rounds need at least 1 step, got {steps_per_round} and {first_round_steps}")
         if teacher_steps > diffusion.num_timesteps:
             raise ValueError(
                 f"the teacher cannot take {teacher_steps} steps on a chain of T={diffusion.num_timesteps} timesteps"
             )
         self.rounds = halving_rounds(teacher_steps, student_steps)
-        self.steps_per_round = steps_per_round
+        self.round_ends = list(
+            itertools.accumulate(round_lengths(len(self.rounds), steps_per_round, first_round_steps))
+        )
         self.teacher_guidance = teacher_guidance
         self.round = 0
         # frozen, and kept out of the module tree: neither in state_dict (a student checkpoint is an ordinary one)
@@ -79,7 +92,7 @@ class ProgressiveDistillation(DiffusionModule):
     # ------------------------------------------------------------------ rounds
     @property
     def total_steps(self) -> int:
-        return self.steps_per_round * len(self.rounds)
+        return self.round_ends[-1]
 
     @property
     def steps(self) -> int:
@@ -87,7 +100,11 @@ class ProgressiveDistillation(DiffusionModule):
         return self.rounds[self.round]
 
     def round_at(self, step: int) -> int:
-        return min(step // self.steps_per_round, len(self.rounds) - 1)
+        return min(bisect.bisect_right(self.round_ends, step), len(self.rounds) - 1)
+
+    def round_span(self, r: int) -> tuple[int, int]:
+        """The first step of round r and the step after its last."""
+        return (self.round_ends[r - 1] if r else 0), self.round_ends[r]
 
     def start_from(self, weights: dict[str, Tensor]) -> None:
         """Teacher, student and the student's EMA all start from `weights` (the teacher's EMA network)."""
@@ -169,11 +186,12 @@ class ProgressiveDistillation(DiffusionModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW; in each round a warm-up over warmup_steps and the decay (lr_decay) to final_lr_ratio at its end."""
         config = super().configure_optimizers()
-        hp, per_round = self.hparams, self.steps_per_round
+        hp = self.hparams
 
         def factor(step: int) -> float:
-            within = step % per_round
-            return lr_at(within, 1.0, hp.warmup_steps, hp.lr_decay, within / per_round, hp.final_lr_ratio)
+            start, end = self.round_span(self.round_at(step))
+            within = step - start
+            return lr_at(within, 1.0, hp.warmup_steps, hp.lr_decay, within / (end - start), hp.final_lr_ratio)
 
         optimizer = config["optimizer"]
         config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -231,8 +249,7 @@ class DistillationRounds(L.Callback):
                 len(module.rounds),
                 module.steps,
                 2 * module.steps,
-                module.round * module.steps_per_round,
-                (module.round + 1) * module.steps_per_round,
+                *module.round_span(module.round),
             )
 
     def finish_round(self, trainer: L.Trainer, module: ProgressiveDistillation) -> None:
@@ -259,4 +276,4 @@ class DistillationRounds(L.Callback):
         return path
 
 
-__all__ = ["DistillationRounds", "ProgressiveDistillation", "student_sampler"]
+__all__ = ["DistillationRounds", "ProgressiveDistillation", "round_lengths", "student_sampler"]
