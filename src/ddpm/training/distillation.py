@@ -46,8 +46,8 @@ class ProgressiveDistillation(DiffusionModule):
     """A student network (`net`, initialised by the caller from the teacher's EMA weights, see `start_from`) distilled
     in rounds: round r trains a student of `rounds[r]` steps on the targets of its teacher at twice as many
     (`progressive_target`), for `steps_per_round` optimizer steps (`first_round_steps` in the first), with the learning
-    rate warmed up and decayed within each round. At the start of each later round the student's EMA weights become the teacher and the start
-    of the next student (`start_round`, called by `DistillationRounds`).
+    rate warmed up and decayed within each round. At the start of each later round the student's EMA weights become
+    the teacher and the start of the next student (`start_round`, called by `DistillationRounds`).
 
     Args (beyond DiffusionModule's):
         teacher_steps: the DDIM steps of the first teacher.
