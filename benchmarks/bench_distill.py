@@ -3,8 +3,8 @@
 1. The teacher: `make bench-quality`'s MNIST-5k run, the default config trained from scratch for --budget-min minutes
    (`python train.py data=mnist5k trainer.max_time=... trainer.max_steps=-1 ~callbacks.fid`); or --teacher <ckpt>
    of such a run (its train.log gives its training time).
-2. The student: `python distill.py ckpt_path=<teacher>` with the default method (progressive distillation), whose
-   wall-clock time is measured against the teacher's.
+2. The student: `python distill.py ckpt_path=<teacher>` with the default method (progressive distillation with a
+   round of distribution matching), whose wall-clock time is measured against the teacher's.
 3. FID and KID of N samples against the held-out split, beside the floor (N training images scored the same way),
    all from the same seeds: the teacher with the default sampler (20 calls); the teacher's best sampler at 1, 2, 4
    and 10 calls (the lowest KID of a screen of --screen-n samples among DDIM on trailing timesteps,

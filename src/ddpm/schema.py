@@ -144,6 +144,10 @@ class ProgressiveMethod:
     student_steps: int = MISSING
     steps_per_round: int = MISSING
     first_round_steps: int | None = None  # null: steps_per_round
+    matching_steps: int = 0  # the distribution-matching round (0: none)
+    matching_at: int = 4  # the student it matches
+    matching_lr: float = 2e-5
+    fake_lr: float = 1e-4
     objective: str | None = None  # null: the teacher's (the only one allowed)
     guidance: float | None = None  # null: a class-conditional teacher's condition.guidance
     lr: float = MISSING
@@ -450,10 +454,13 @@ def check_distill(cfg: DictConfig) -> None:
     ):
         _at_least(cfg, key, 1)
     _at_least(cfg, "method.warmup_steps", 0)
+    _at_least(cfg, "method.matching_steps", 0)
+    _at_least(cfg, "method.matching_at", 1)
+    for key in ("lr", "matching_lr", "fake_lr"):
+        if not m[key] > 0 or not math.isfinite(m[key]):
+            raise ConfigError(f"method.{key} must be a positive number, got {m[key]}")
     if m.objective is not None and m.objective not in diffusion.OBJECTIVES:
         raise ConfigError(f"method.objective={m.objective!r}: leave it unset (the teacher's)")
-    if not m.lr > 0 or not math.isfinite(m.lr):
-        raise ConfigError(f"method.lr must be a positive number, got {m.lr}")
     if m.decay not in ("constant", "cosine", "linear"):
         raise ConfigError(f"method.decay={m.decay!r}: choose constant, cosine or linear")
     if not 0 <= m.ema_decay < 1:

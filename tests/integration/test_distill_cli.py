@@ -18,13 +18,14 @@ from ddpm.training.distillation import student_sampler
 from tests.helpers.cli import interrupt_when, popen, run_script, train_tiny
 from tests.helpers.wandb_files import find_offline_runs
 
-# a teacher of 8 DDIM steps distilled into students of 4 and 2 steps, 4 optimizer steps in the first round, 3 in the
-# second
+# a teacher of 8 DDIM steps distilled into students of 4 and 2 steps, 4 optimizer steps in the first round, 2 of
+# distribution matching of the 4-step student, 3 in the last round
 TINY_DISTILL = [
     "method.teacher_steps=8",
     "method.student_steps=2",
     "method.first_round_steps=4",
     "method.steps_per_round=3",
+    "method.matching_steps=2",
     "method.batch_size=8",
     "method.warmup_steps=1",
     "trainer.limit_val_batches=1",
@@ -67,16 +68,19 @@ def test_a_tiny_teacher_distils_through_the_cli_into_students_sample_py_loads(te
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     run = tmp_path / "run"
-    assert "round 1 of 2: a 4-step student of the 8-step teacher" in log
-    assert "round 2 of 2: a 2-step student of the 4-step teacher" in log
+    assert "students of 4, 4 (matched), 2 steps, 4, 2, 3 optimizer steps" in log
+    assert "round 1 of 3: a 4-step student of the 8-step teacher" in log
+    assert "round 2 of 3: the 4-step student matched to the distribution of the first teacher" in log
+    assert "round 3 of 3: a 2-step student of the 4-step teacher" in log
     assert "round 1 done at step 4: the 4-step student" in log
-    assert "run finished: step 7" in log and f"sample:     python sample.py ckpt_path={run}" in log
+    assert "round 2 done at step 6: the 4-step student" in log
+    assert "run finished: step 9" in log and f"sample:     python sample.py ckpt_path={run}" in log
     for steps in (4, 2):
         assert f"student:    {run / 'checkpoints' / f'student_{steps}steps.ckpt'}" in log
         assert (run / "samples" / f"student_{steps}steps.png").is_file()
     (wb,) = find_offline_runs(run / "wandb")
-    assert {"train/loss", "val/loss", "distill/student_steps"} <= wb.history_keys
-    assert len(wb.values("distill/samples/_type")) == 2  # a grid per round
+    assert {"train/loss", "val/loss", "distill/student_steps", "distill/matching_loss"} <= wb.history_keys
+    assert len(wb.values("distill/samples/_type")) == 3  # a grid per round
 
     # the students are ordinary checkpoints whose run config says what they were distilled for
     teacher_ema = ema_weights(read_checkpoint(teacher))
@@ -114,6 +118,12 @@ def test_a_tiny_teacher_distils_through_the_cli_into_students_sample_py_loads(te
     assert "sampling with name=ddim, steps=3, spacing=uniform, eta=0.0 as asked" in proc.stdout + proc.stderr
     assert "ddim3, 3 network calls per image" in proc.stdout + proc.stderr
 
+    # a student distils further by halving; matching needs the diffusion model itself
+    proc = distill(tmp_path, ckpt, "method.teacher_steps=4", run="again")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "is a student, and distribution matching (method.matching_steps > 0) matches" in proc.stderr
+    assert not (tmp_path / "again" / "checkpoints").exists()
+
 
 @pytest.mark.slow  # 30 s: a distillation and FID; sample.py's default sampler is tested by default
 def test_evaluate_py_scores_a_student_with_its_own_sampler(teacher, tmp_path, fid_weights, monkeypatch):
@@ -135,13 +145,14 @@ def test_ctrl_c_saves_the_distillation_and_the_same_command_resumes_it(teacher, 
         f"ckpt_path={teacher}",
         *TINY_DISTILL,
         "method.first_round_steps=40",
+        "method.matching_steps=40",
         "method.steps_per_round=40",
         "logger=none",
         "~callbacks.fid",
     ]
     proc = popen("distill.py", *args, f"hydra.run.dir={run}", cwd=tmp_path)
     first = run / "checkpoints" / "student_4steps.ckpt"
-    out, err = interrupt_when(proc, first.exists)  # the first round is over: the run is in round 2
+    out, err = interrupt_when(proc, first.exists)  # the first round is over: the run is in round 2, matching
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in out + err
     lines = [line for line in out.splitlines() if line.strip()]
@@ -152,10 +163,8 @@ def test_ctrl_c_saves_the_distillation_and_the_same_command_resumes_it(teacher, 
     saved = read_checkpoint(run / "checkpoints" / "last.ckpt")
     stopped = saved["global_step"]
     assert 40 <= stopped < 80 and saved["distillation"]["round"] == 1
-    # the teacher of round 2 is the round-1 student's average
-    round_1 = ema_weights(read_checkpoint(first))
-    for k, v in saved["distillation"]["teacher"].items():
-        assert torch.equal(v, round_1[k])
+    # the fake score of the matching round is saved with it, and the student is the round-1 student trained on
+    assert saved["distillation"]["fake"].keys() == saved["distillation"]["teacher"].keys()
 
     resumed = run_script("distill.py", *args, f"hydra.run.dir={run}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -163,8 +172,8 @@ def test_ctrl_c_saves_the_distillation_and_the_same_command_resumes_it(teacher, 
     assert (
         f"resuming the run in this folder from {run / 'checkpoints' / 'last.ckpt'} at step {stopped}" in log
     )
-    assert "round 1 of 2" not in log and "round 2 of 2" in log
-    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 80
+    assert "round 1 of 3" not in log and "round 2 of 3" in log and "round 3 of 3" in log
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 120
     assert (run / "checkpoints" / "student_2steps.ckpt").is_file()
 
 
@@ -192,6 +201,11 @@ def test_resume_refuses_another_distillation_and_a_training_checkpoint(teacher, 
         (["method.objective=v"], "method.objective=v but the teacher predicts x0"),
         slow(["method.steps_per_round=abc"], "method.steps_per_round must be an integer"),
         slow(["method.guidance=2"], "is unconditional"),
+        (
+            ["method.matching_at=3"],
+            "matching_at=3 is not the step count of a student of these rounds ([4, 2])",
+        ),
+        slow(["method.fake_lr=0"], "method.fake_lr must be a positive number"),
     ],
 )
 def test_bad_distillation_settings_are_one_sentence_before_anything_is_written(
@@ -229,7 +243,7 @@ def test_two_process_ddp_distillation(teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
     run = tmp_path / "run"
-    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 7
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 9
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["student_2steps.png", "student_4steps.png"]
 
 

@@ -27,7 +27,7 @@ from ddpm.diffusion.distillation import halving_rounds
 from ddpm.errors import ConfigError, building
 from ddpm.host_memory import retain_freed_memory
 from ddpm.schema import check_distill
-from ddpm.training.distillation import ProgressiveDistillation, round_lengths, student_sampler
+from ddpm.training.distillation import ProgressiveDistillation, round_plan, student_sampler
 from ddpm.training.quiet import quiet_lightning
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ RESUME_MUST_MATCH = (
     "student_steps",
     "steps_per_round",
     "first_round_steps",
+    "matching_steps",
+    "matching_at",
     "guidance",
 )
 
@@ -68,6 +70,10 @@ def distill(cfg: DictConfig) -> float | None:
         student_steps=d.student_steps,
         steps_per_round=d.steps_per_round,
         first_round_steps=d.first_round_steps,
+        matching_steps=d.matching_steps,
+        matching_at=d.matching_at,
+        matching_lr=d.matching_lr,
+        fake_lr=d.fake_lr,
         teacher_guidance=d.guidance,
     )
     module.start_from(teacher.ema.module.state_dict())
@@ -78,12 +84,15 @@ def distill(cfg: DictConfig) -> float | None:
         resumed_step = resume_point(module, ckpt_path, run_cfg)
         if nothing_left_to_train(run_cfg, ckpt_path, resumed_step):
             return None
+    lengths = [end - start for start, end in map(module.round_span, range(len(module.rounds)))]
     log.info(
         "distilling %s: %d-step DDIM teacher -> students of %s steps, %s optimizer steps",
         cfg.ckpt_path,
         d.teacher_steps,
-        ", ".join(str(n) for n in module.rounds),
-        ", ".join(str(n) for n in round_lengths(len(module.rounds), d.steps_per_round, d.first_round_steps)),
+        ", ".join(
+            f"{n} (matched)" if r == module.matching_round else str(n) for r, n in enumerate(module.rounds)
+        ),
+        ", ".join(map(str, lengths)),
     )
     trainer = fit(run_cfg, module, datamodule, ckpt_path, resumed_step)
     value = trainer.callback_metrics.get("val/loss")
@@ -122,9 +131,26 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
             f"method.teacher_steps={method.teacher_steps} exceeds the teacher's T={num_timesteps} timesteps"
         )
     try:
-        rounds = halving_rounds(method.teacher_steps, method.student_steps)
+        halving_rounds(method.teacher_steps, method.student_steps)
     except ValueError as e:
         raise ConfigError(f"method.student_steps: {e}") from None
+    if method.matching_steps > 0 and earlier is not None:
+        raise ConfigError(
+            f"teacher {cfg.ckpt_path} is a student, and distribution matching (method.matching_steps > 0) matches "
+            "the distribution of the diffusion model itself: distil the train.py checkpoint it came from, or set "
+            "method.matching_steps=0"
+        )
+    try:
+        lengths = round_plan(
+            method.teacher_steps,
+            method.student_steps,
+            method.steps_per_round,
+            method.first_round_steps,
+            method.matching_steps,
+            method.matching_at,
+        )[1]
+    except ValueError as e:
+        raise ConfigError(f"method.matching_at: {e}, or set method.matching_steps=0") from None
     conditional = teacher_cfg.model.get("num_classes") is not None
     if method.guidance is not None and not conditional:
         raise ConfigError(
@@ -161,9 +187,7 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
     stop = (student.get("callbacks") or {}).get("last_checkpoint")
     if stop:  # a stopped run names the command that resumes it: this one, in this run's folder
         stop["resume_command"] = resume_command(student["paths"]["output_dir"])
-    student["trainer"]["max_steps"] = sum(
-        round_lengths(len(rounds), method.steps_per_round, method.first_round_steps)
-    )
+    student["trainer"]["max_steps"] = sum(lengths)
     student["sampler"] = student_sampler(method.student_steps)
     student["distill"] = {
         "method": method.name,
@@ -172,6 +196,10 @@ def student_config(cfg: DictConfig, teacher_cfg: DictConfig) -> DictConfig:
         "student_steps": method.student_steps,
         "steps_per_round": method.steps_per_round,
         "first_round_steps": method.first_round_steps,
+        "matching_steps": method.matching_steps,
+        "matching_at": method.matching_at,
+        "matching_lr": method.matching_lr,
+        "fake_lr": method.fake_lr,
         "guidance": guidance,
         "steps": method.student_steps,  # each checkpoint: the steps of the student it holds
     }
