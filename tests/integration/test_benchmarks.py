@@ -150,7 +150,7 @@ def test_bench_distill_prints_its_table_and_last_line(tmp_path, fid_weights, mon
     proc = run_script(
         "benchmarks/bench_distill.py", f"--teacher={teacher}", "--n=8", "--screen-n=8", "--reference-n=16", "--batch=8",
         f"--out={tmp_path / 'bench'}", "method.teacher_steps=8", "method.student_steps=1", "method.steps_per_round=2",
-        "method.first_round_steps=2",
+        "method.first_round_steps=2", "method.matching_steps=2",
         "method.batch_size=8", "trainer.limit_val_batches=1", "callbacks.distillation_rounds.n=4",
         cwd=tmp_path,
     )  # fmt: skip
