@@ -261,36 +261,34 @@ class ProgressiveDistillation(DiffusionModule):
         if self.num_classes is not None:
             self._network_of(net, batch)  # refuses batches without labels in one sentence
             labels = drop_labels(batch[1], self.hparams.p_uncond, self.num_classes, g)
+        student, fake_model = (self._network_of(m, batch, labels) for m in (net, self.fake))
+        score = (
+            self.score
+            if labels is None
+            else ClassConditioned(self.score, labels, self.num_classes, self.teacher_guidance)
+        )
 
         def at(t: int) -> Tensor:
             return torch.full((shape[0],), t, device=device, dtype=torch.long)
 
-        def call(model: nn.Module, x: Tensor, t: Tensor, guidance: float = 0.0) -> Tensor:
-            if labels is None:
-                return model(x, t)
-            return ClassConditioned(model, labels, self.num_classes, guidance)(x, t)
-
         z = torch.randn(shape, device=device, dtype=x0.dtype, generator=g)
         with torch.no_grad():
             for t, s in zip(grid[:k], grid[1 : k + 1], strict=True):
-                xhat = diffusion.data_prediction(z, at(t), call(net, z, at(t)))
+                xhat = diffusion.data_prediction(z, at(t), student(z, at(t)))
                 z = ddim_step(z, xhat, *alpha_sigma(ac, at(t)), *alpha_sigma(ac, at(s))).to(z.dtype)
         t_k = at(grid[k])
-        x = diffusion.predict_x0_and_eps(z, t_k, call(net, z, t_k), clip_denoised=False)[0]
+        x = diffusion.predict_x0_and_eps(z, t_k, student(z, t_k), clip_denoised=False)[0]
         sample = x.detach().clamp(-1.0, 1.0)
         with torch.no_grad():
             s = noised_copy_timesteps(shape[0], diffusion.num_timesteps, device, g)
             x_s = diffusion.q_sample(
                 sample, s, torch.randn(shape, device=device, dtype=x0.dtype, generator=g)
             )
-            real = diffusion.predict_x0_and_eps(
-                x_s, s, call(self.score, x_s, s, self.teacher_guidance), False
-            )[0]
-            fake = diffusion.predict_x0_and_eps(x_s, s, call(self.fake, x_s, s), False)[0]
+            real = diffusion.predict_x0_and_eps(x_s, s, score(x_s, s), False)[0]
+            fake = diffusion.predict_x0_and_eps(x_s, s, fake_model(x_s, s), False)[0]
             gradient = matching_gradient(sample, real, fake)
         t = self.recipe.sample_timesteps(shape[0], device, g)
         noise = torch.randn(shape, device=device, dtype=x0.dtype, generator=g)
-        fake_model = self.fake if labels is None else (lambda x_t, t_, **kw: self.fake(x_t, t_, labels, **kw))
         return matching_loss(x, gradient).mean(), self.recipe.losses(fake_model, sample, t, noise).mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
